@@ -1,0 +1,73 @@
+"""What to render and from where: the render specification and the cameras."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from schemas.parts import ColourRules, PartRules
+
+
+class RenderSpec(BaseModel):
+    """The render grid and everything else that changes the pixels of a sample.
+
+    Its :meth:`config_hash` keys the ``samples`` table: a changed spec renders new rows.
+    """
+
+    n_views: int = Field(4, ge=1, le=64)
+    n_frames: int = Field(4, ge=1, le=64)
+    resolution: int = Field(64, ge=16, le=2048)
+    engine: Literal["CYCLES", "BLENDER_EEVEE"] = "CYCLES"
+    device: Literal["CPU", "GPU"] = "CPU"
+    samples: int = Field(8, ge=1, le=4096)
+    denoise: bool = True
+    seed: int = 0
+    elevation_deg: float = Field(10.0, ge=-89, le=89)
+    elevation_range_deg: tuple[float, float] | None = Field(
+        None, description="when set, elevation is drawn per object from this range with a seeded generator"
+    )
+    camera_distance: float = Field(2.2, gt=0.5, description="in units of the normalised unit cube")
+    fov_deg: float = Field(40.0, gt=5, lt=120)
+    motion_threshold: float = Field(
+        0.01, ge=0.0, description="frame stride grows until consecutive frames differ by this (fraction of bounds)"
+    )
+    threads: int = Field(1, ge=0, description="Cycles threads per worker; 0 means all cores")
+    parts: PartRules = Field(default_factory=PartRules)
+    colours: ColourRules = Field(default_factory=ColourRules)
+
+    @model_validator(mode="after")
+    def _range(self) -> "RenderSpec":
+        if self.elevation_range_deg is not None:
+            lo, hi = self.elevation_range_deg
+            if not -89 <= lo <= hi <= 89:
+                raise ValueError("elevation_range_deg must be (low, high) with -89 <= low <= high <= 89")
+        return self
+
+    def config_hash(self) -> str:
+        """A short, stable hash of every field (canonical JSON)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Camera(BaseModel):
+    """A pinhole camera in the OpenCV convention.
+
+    ``extrinsics`` is the 4x4 world-to-camera matrix with x right, y down, z forward (into the scene);
+    ``intrinsics`` is the 3x3 K in pixels with the origin at the top-left pixel corner. A world point X
+    projects to pixel (u, v) = (K @ (E @ [X, 1])[:3])[:2] / z. World space is the normalised object space
+    (Blender's Z-up world after normalisation).
+    """
+
+    view: int
+    azimuth_deg: float
+    elevation_deg: float
+    distance: float
+    fov_deg: float
+    width: int
+    height: int
+    intrinsics: list[list[float]]
+    extrinsics: list[list[float]]
+    convention: Literal["opencv"] = "opencv"

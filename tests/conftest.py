@@ -1,0 +1,27 @@
+"""Session-wide test settings: a private Prefect home, quiet analytics, one thread per library."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_HOME = Path(tempfile.mkdtemp(prefix="kp20k-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_HOME / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_GLTF = REPO_ROOT.parent / "shared" / "assets" / "gltf"
+
+
+@pytest.fixture(scope="session")
+def shared_gltf() -> Path:
+    """The real rigged glTF samples beside the checkout; tests using them skip when absent."""
+    if not SHARED_GLTF.is_dir():
+        pytest.skip(f"shared glTF assets not found at {SHARED_GLTF}")
+    return SHARED_GLTF

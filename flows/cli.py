@@ -1,7 +1,124 @@
-"""The ``kp20k`` command: the pipeline subcommands plus the flows (build, train, evaluate)."""
+"""The ``kp20k`` command: the pipeline subcommands (``pipelines.cli``) plus the flows.
+
+``kp20k build`` runs ``build-kinematicparts20k`` in this process on Prefect's ephemeral local API
+(or on the server named by ``PREFECT_API_URL``) with small embedded defaults: a handful of procedural
+assets, a small grid, a local Ray, and a local Lance folder. It then prints where the table is, three
+lines of Python to read it, and where the contact sheet is.
+"""
 
 from __future__ import annotations
 
-from pipelines.cli import main
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
 
-__all__ = ["main"]
+from schemas.params import BuildParams, ParamsError
+
+# The demo: small enough to finish in minutes on two CPU cores.
+DEMO_COUNT = 6
+DEMO_GRID = {"n_views": 4, "n_frames": 4, "resolution": 64, "samples": 8}
+
+
+def add_flow_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Attach the flow subcommands to a parser's subcommands (``pipelines.cli`` calls this too)."""
+    build = subparsers.add_parser("build", help="build or refresh the dataset (the build-kinematicparts20k flow)")
+    build.add_argument("--source", choices=["procedural", "local", "objaverse-xl"], default="procedural")
+    build.add_argument("--count", type=int, default=DEMO_COUNT, help="procedural: assets to generate")
+    build.add_argument("--seed", type=int, help="procedural: first seed")
+    build.add_argument("--folder", help="local: folder to scan; procedural: where to write the assets")
+    build.add_argument("--objaverse-dir", help="objaverse-xl: where the annotation tables are (~/.objaverse)")
+    build.add_argument("--offline", action="store_true", help="objaverse-xl: read only annotations already on disk")
+    build.add_argument("--limit", type=int, help="at most this many candidates after the prefilter")
+    build.add_argument("--views", type=int, default=DEMO_GRID["n_views"])
+    build.add_argument("--frames", type=int, default=DEMO_GRID["n_frames"])
+    build.add_argument("--resolution", type=int, default=DEMO_GRID["resolution"])
+    build.add_argument("--samples", type=int, default=DEMO_GRID["samples"], help="Cycles samples per RGB pixel")
+    build.add_argument("--lance", dest="lance_uri", help="table folder or s3:// URI (default data/kp20k.lance)")
+    build.add_argument("--cache-dir")
+    build.add_argument("--ray-address", help="join this Ray cluster instead of starting one (or set RAY_ADDRESS)")
+    build.add_argument("--workers", dest="pool_size", type=int, help="render workers (default: one per CPU)")
+    build.add_argument("--recycle-after", type=int)
+    build.add_argument("--timeout", dest="asset_timeout_s", type=float, help="seconds allowed per asset")
+    build.add_argument("--shard-size", type=int, help="finished assets per commit")
+    build.add_argument("--params", help="JSON object of BuildParams to start from (flags override it)")
+    build.add_argument("--json", action="store_true", help="print the build report as JSON")
+    build.set_defaults(flow_command=run_build_command)
+
+
+def build_params_from_args(args: argparse.Namespace) -> BuildParams:
+    data: dict[str, Any] = json.loads(args.params) if args.params else {}
+    source = data.setdefault("source", {})
+    source.setdefault("kind", args.source)
+    if source["kind"] == "procedural":
+        source.setdefault("count", args.count)
+    for key, value in (("seed", args.seed), ("folder", args.folder), ("objaverse_dir", args.objaverse_dir)):
+        if value is not None:
+            source[key] = value
+    if args.offline:
+        source["offline"] = True
+    render = data.setdefault("render", {})
+    for key, value in (("n_views", args.views), ("n_frames", args.frames), ("resolution", args.resolution), ("samples", args.samples)):
+        render.setdefault(key, value)
+    for key in ("limit", "lance_uri", "cache_dir", "ray_address", "pool_size", "recycle_after", "asset_timeout_s", "shard_size"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    return BuildParams.parse(data)
+
+
+def run_build_command(args: argparse.Namespace) -> int:
+    try:
+        params = build_params_from_args(args)
+    except (ParamsError, json.JSONDecodeError) as exc:
+        print(f"kp20k build: {exc}", file=sys.stderr)
+        return 2
+    from flows.artifacts import read_snippet
+    from flows.build import build_kinematicparts20k  # Prefect and Ray load only for the flow commands
+
+    state = build_kinematicparts20k(**params.model_dump(mode="json"), return_state=True)
+    if not state.is_completed():
+        print(f"kp20k build: the flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+        return 1
+    report = state.result()
+    if args.json:
+        print(report.model_dump_json())
+        return 0
+    r = report.render
+    print(f"build-kinematicparts20k: {r.accepted_assets} assets rendered, {r.samples_written} new samples, "
+          f"{report.already_decided} already done, {sum(report.rejection_reasons.values())} rejections")
+    print(f"Table: {report.lance_uri}/samples.lance (version {report.versions['samples']})")
+    print("Read it:\n    " + read_snippet(report.lance_uri, report.versions["samples"]).replace("\n", "\n    "))
+    if report.contact_sheet:
+        print(f"Contact sheet: {report.contact_sheet}")
+    return 0
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``pipelines.cli``'s parser when it exists, with the flow subcommands added."""
+    try:
+        from pipelines.cli import build_parser as pipeline_parser
+    except ImportError:
+        parser = argparse.ArgumentParser(prog="kp20k", description="KinematicParts20K data pipeline and flows")
+        add_flow_commands(parser.add_subparsers(dest="command", required=True))
+        return parser
+    parser = pipeline_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "build" not in subparsers.choices:
+        add_flow_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] | None = getattr(args, "flow_command", None)
+    if command is not None:
+        return command(args)
+    from pipelines.cli import main as pipeline_main
+
+    return pipeline_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,9 @@ import numpy as np
 from PIL import Image
 
 
+MAX_GRID = 100  # member names carry two-digit view and frame numbers
+
+
 def member_name(view: int, frame: int) -> str:
     return f"v{view:02d}_f{frame:02d}.png"
 
@@ -36,6 +39,8 @@ def pack(grid: np.ndarray) -> bytes:
     """Pack a uint8 array of shape (views, frames, H, W) or (views, frames, H, W, C)."""
     if grid.ndim not in (4, 5):
         raise ValueError(f"expected (views, frames, H, W[, C]), got shape {grid.shape}")
+    if not (0 < grid.shape[0] <= MAX_GRID and 0 < grid.shape[1] <= MAX_GRID):
+        raise ValueError(f"a pack holds 1 to {MAX_GRID} views and frames (two-digit names), got {grid.shape[:2]}")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for v in range(grid.shape[0]):

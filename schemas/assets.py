@@ -18,6 +18,7 @@ class RejectReason(str, Enum):
     licence_not_allowed = "licence_not_allowed"
     unknown_licence = "unknown_licence"
     duplicate = "duplicate"
+    bad_annotation = "bad_annotation"
     # fetch
     download_failed = "download_failed"
     hash_mismatch = "hash_mismatch"

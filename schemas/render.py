@@ -30,6 +30,13 @@ class RenderSpec(BaseModel):
         None, description="when set, elevation is drawn per object from this range with a seeded generator"
     )
     camera_distance: float = Field(2.2, gt=0.5, description="in units of the normalised unit cube")
+    frame_fill: float | None = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="when set, the camera distance is fitted per clip so that the object, over every view and "
+        "sampled frame, spans this fraction of the image (camera_distance is then unused)",
+    )
     fov_deg: float = Field(40.0, gt=5, lt=120)
     motion_threshold: float = Field(
         0.01, ge=0.0, description="frame stride grows until consecutive frames differ by this (fraction of bounds)"

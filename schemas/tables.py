@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Iterable, TypeVar
 
@@ -82,7 +82,7 @@ def _to_arrow_value(annotation: Any, value: Any) -> Any:
         return None
     origin = typing.get_origin(annotation)
     if origin is dict or annotation is dict or annotation is Any:
-        return json.dumps(value, sort_keys=True)
+        return json.dumps(value)  # key order kept: bone_to_part lists bones depth-first
     if origin in (list, tuple):
         (item, *_rest) = typing.get_args(annotation)
         return [_to_arrow_value(item, v) for v in value]
@@ -90,6 +90,9 @@ def _to_arrow_value(annotation: Any, value: Any) -> Any:
         return {n: _to_arrow_value(f.annotation, getattr(value, n)) for n, f in annotation.model_fields.items()}
     if isinstance(value, Enum):
         return value.value
+    if isinstance(value, datetime) and value.tzinfo is None:
+        # Arrow would store a naive time as if it were UTC and read it back aware: shifted and unequal.
+        raise ValueError(f"naive datetime {value.isoformat()}: records carry timezone-aware times (schemas.assets.utcnow)")
     return value
 
 
@@ -105,6 +108,8 @@ def _from_arrow_value(annotation: Any, value: Any) -> Any:
         return [_from_arrow_value(item, v) for v in value]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return {n: _from_arrow_value(f.annotation, value.get(n)) for n, f in annotation.model_fields.items()}
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc)  # pyarrow returns ZoneInfo("UTC"); records use timezone.utc
     return value
 
 

@@ -1,0 +1,156 @@
+"""Prefect artifacts of a build: counts, rejection reasons, render progress, Lance versions, a contact sheet.
+
+Images: the Prefect UI shows an image artifact as ``<img src=...>`` and a browser will not load a
+``file://`` URL from an ``http://`` page, so the contact sheet goes in as a ``data:`` URI (a few tens
+of KiB) while the PNG itself is written next to the table.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import UUID
+
+import numpy as np
+from PIL import Image, ImageDraw
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from flows.report import BuildReport
+from pipelines.framepack import unpack
+
+KEY_PREFIX = "kp20k"
+CONTACT_SHEET_SAMPLES = 8
+CONTACT_SHEET_VIEWS = 4
+TILE = 64
+LABEL_HEIGHT = 12
+
+
+@dataclass(frozen=True)
+class SheetEntry:
+    """One sample on the contact sheet: a label and its RGB and part frame packs."""
+
+    label: str
+    rgb: bytes
+    parts: bytes
+
+
+def contact_sheet_png(entries: list[SheetEntry], tile: int = TILE) -> bytes:
+    """One row per sample: for each of its first views, the first frame's RGB then its part map."""
+    if not entries:
+        raise ValueError("a contact sheet needs at least one sample")
+    rows = []
+    for entry in entries[:CONTACT_SHEET_SAMPLES]:
+        rgb = unpack(entry.rgb, frames=[0], views=None)[:CONTACT_SHEET_VIEWS, 0]
+        parts = unpack(entry.parts, frames=[0], views=None)[:CONTACT_SHEET_VIEWS, 0]
+        tiles = [_tile(image, tile) for pair in zip(rgb, parts) for image in pair]
+        row = Image.new("RGB", (tile * 2 * CONTACT_SHEET_VIEWS, tile + LABEL_HEIGHT), "white")
+        for i, image in enumerate(tiles):
+            row.paste(image, (i * tile, LABEL_HEIGHT))
+        ImageDraw.Draw(row).text((2, 0), entry.label[:60], fill="black")
+        rows.append(row)
+    sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
+    for i, row in enumerate(rows):
+        sheet.paste(row, (0, i * row.height))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _tile(frame: np.ndarray, size: int) -> Image.Image:
+    # Nearest neighbour keeps every part-map pixel an exact palette colour.
+    return Image.fromarray(frame[..., :3] if frame.ndim == 3 else frame).convert("RGB").resize((size, size), Image.NEAREST)
+
+
+def contact_sheet_path(lance_uri: str, cache_dir: str) -> Path:
+    """``data/kp20k.lance`` -> ``data/kp20k.contact-sheet.png``; remote tables -> the cache folder."""
+    if "://" in lance_uri:
+        return Path(cache_dir) / "contact-sheet.png"
+    table = Path(lance_uri)
+    return table.with_name(f"{table.stem}.contact-sheet.png")
+
+
+def publish_contact_sheet(png: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(png)
+    partial.replace(path)
+    data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    create_image_artifact(image_url=data_uri, key=f"{KEY_PREFIX}-contact-sheet", description=f"Contact sheet, also at {path.resolve()}")
+
+
+def publish_report(report: BuildReport) -> None:
+    """Counts per stage, rejection reasons, and the Lance versions with a snippet to read them."""
+    create_table_artifact(
+        table=report.stage_counts(), key=f"{KEY_PREFIX}-stage-counts", description="Assets in and out of each stage"
+    )
+    reasons = [{"stage/reason": k, "count": v} for k, v in sorted(report.rejection_reasons.items())]
+    create_table_artifact(
+        table=reasons or [{"stage/reason": "(none)", "count": 0}],
+        key=f"{KEY_PREFIX}-rejection-reasons",
+        description="Rejections decided in this run",
+    )
+    create_markdown_artifact(markdown=versions_markdown(report), key=f"{KEY_PREFIX}-lance-versions")
+
+
+def versions_markdown(report: BuildReport) -> str:
+    rows = "\n".join(
+        f"| `{table}` | {report.versions_before.get(table, '-')} | {version} |"
+        for table, version in sorted(report.versions.items())
+    )
+    return (
+        f"## Lance tables at `{report.lance_uri}`\n\n"
+        f"render config `{report.config_hash}`, code `{report.code_version}`\n\n"
+        "| table | version before | version after |\n|---|---|---|\n"
+        f"{rows}\n\n"
+        "Read this exact version:\n\n"
+        "```python\n"
+        f"{read_snippet(report.lance_uri, report.versions.get('samples'))}\n"
+        "```\n"
+    )
+
+
+def read_snippet(lance_uri: str, version: int | None) -> str:
+    """Three lines of Python that read the samples table (at ``version``) without the blobs."""
+    pinned = "" if version is None else f", version={version}"
+    return (
+        "import lance\n"
+        f"ds = lance.dataset({(lance_uri.rstrip('/') + '/samples.lance')!r}{pinned})\n"
+        "print(ds.to_table(columns=['sample_id', 'file_identifier', 'clip', 'n_views', 'n_frames']).to_pandas())"
+    )
+
+
+@dataclass
+class RenderProgress:
+    """A progress artifact updated as assets finish, at most once per ``every_s`` and at the end."""
+
+    total: int
+    every_s: float = 1.0
+    done: int = 0
+    _id: UUID | None = None
+    _last: float = field(default=0.0)
+
+    def start(self) -> None:
+        self._id = create_progress_artifact(
+            progress=0.0, key=f"{KEY_PREFIX}-render-progress", description=f"0 of {self.total} assets rendered"
+        )
+        self._last = time.monotonic()
+
+    def advance(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self._id is not None and (self.done == self.total or now - self._last >= self.every_s):
+            update_progress_artifact(
+                artifact_id=self._id,
+                progress=100.0 * self.done / max(self.total, 1),
+                description=f"{self.done} of {self.total} assets rendered",
+            )
+            self._last = now

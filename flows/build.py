@@ -1,0 +1,374 @@
+"""The flow ``build-kinematicparts20k``: discover -> prefilter -> plan -> fetch -> render (Ray pool) -> write -> report.
+
+A refresh is the same flow run again: the plan skips every asset the store already decided for this
+render configuration, so unchanged work opens no Blender, and a changed render spec renders new rows
+beside the old ones.
+
+Resumability: the driver commits finished assets in shards of ``shard_size``, each shard in the
+order samples -> rejections -> assets, and an asset a worker handled counts as finished only once
+its ``assets`` row (written last) is in. A run killed at any point loses at most the shard in
+flight; the rerun redoes exactly those assets, and the store's insert-if-new writes add no duplicate.
+
+Caching: the prefilter, a pure function of the annotations and rules, is cached on its inputs, its
+source and the code version (never the run id), so it carries across runs. The other stages are
+not cached by Prefect on purpose: discovery must see new files, and the store, not a Prefect
+cache that could outlive a deleted table, is what says which assets are done.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
+from prefect.context import TaskRunContext
+
+from flows.artifacts import (
+    CONTACT_SHEET_SAMPLES,
+    RenderProgress,
+    SheetEntry,
+    contact_sheet_path,
+    contact_sheet_png,
+    publish_contact_sheet,
+    publish_report,
+)
+from flows.ray_cluster import RayConnection, connect
+from flows.render_pool import Job, Outcome, RenderPool
+from flows.report import BuildReport, RenderSummary, count_reasons
+from pipelines.fetch import FetchCache, FetchError, fetch
+from pipelines.prefilter import prefilter as apply_prefilter
+from pipelines.sources.local import discover_local
+from pipelines.sources.objaverse_xl import discover_objaverse
+from pipelines.sources.procedural import generate_assets
+from pipelines.store import DatasetStore
+from pipelines.version import code_version
+from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
+from schemas.filters import FilterRules
+from schemas.params import BuildParams, SourceParams
+from schemas.prefilter import PrefilterRules
+from schemas.render import RenderSpec
+from schemas.samples import Sample
+from schemas.tables import AssetRow
+
+FLOW_NAME = "build-kinematicparts20k"
+DEFAULTS = BuildParams()
+# Rejections decided before any worker saw the asset; every other stage belongs to a worker.
+PRE_WORKER_STAGES = ("prefilter", "fetch")
+POOL_STAGE = "pool"  # timeouts and crashes, decided by the pool, not by the worker
+FETCH_RETRIES = 2
+FETCH_THREADS = 8  # downloads wait on the network, not the CPU
+
+_CODE_VERSION = CacheKeyFnPolicy(cache_key_fn=lambda context, inputs: code_version())
+
+
+# ---------------------------------------------------------------------------------------- tasks
+
+
+@task(name="discover", cache_policy=NO_CACHE)
+def discover(source: SourceParams, cache_dir: str, file_types: list[str]) -> list[AssetRef]:
+    """Candidates from the source; never cached, so a refresh sees files added since."""
+    if source.kind == "procedural":
+        folder = Path(source.folder) if source.folder else Path(cache_dir) / "procedural"
+        return generate_assets(source.count, folder, seed=source.seed)
+    if source.kind == "local":
+        return discover_local(Path(source.folder))
+    download_dir = Path(source.objaverse_dir or "~/.objaverse").expanduser()
+    return discover_objaverse(download_dir, source.objaverse_sources, offline=source.offline, file_types=file_types)
+
+
+@task(name="prefilter", cache_policy=INPUTS + TASK_SOURCE + _CODE_VERSION, persist_result=True)
+def prefilter_candidates(assets: list[AssetRef], rules: PrefilterRules) -> tuple[list[AssetRef], list[Rejection]]:
+    return apply_prefilter(assets, rules)
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan(candidates: list[AssetRef], lance_uri: str, config_hash: str) -> list[AssetRef]:
+    """The candidates this render configuration has not finished yet (a no-op refresh returns [])."""
+    done = finished_assets(DatasetStore(lance_uri), config_hash)
+    return [a for a in candidates if a.sha256 not in done]
+
+
+@task(name="fetch", cache_policy=NO_CACHE, retries=FETCH_RETRIES, retry_delay_seconds=5)
+def fetch_assets(assets: list[AssetRef], cache_dir: str) -> tuple[list[AssetRef], list[Rejection]]:
+    """Bring every asset into the content-addressed cache. A transient failure (``download_failed``)
+    fails the task so Prefect retries it (objects already cached cost one hash check); on the last
+    attempt it becomes a rejection row, which a later refresh tries again."""
+    cache = FetchCache(Path(cache_dir))
+
+    def attempt(asset: AssetRef) -> AssetRef | FetchError:
+        try:
+            return fetch(asset, cache)
+        except FetchError as exc:
+            return exc
+
+    fetched, rejections, transient = [], [], []
+    with ThreadPoolExecutor(FETCH_THREADS) as downloads:
+        for asset, got in zip(assets, downloads.map(attempt, assets)):
+            if isinstance(got, AssetRef):
+                fetched.append(got)
+            else:
+                (transient if got.reason is RejectReason.download_failed else rejections).append((asset, got))
+    context = TaskRunContext.get()
+    if transient and context is not None and context.task_run.run_count <= FETCH_RETRIES:
+        raise RuntimeError(f"{len(transient)} downloads failed transiently, e.g. {transient[0][1]}")
+    stamp = {"stage": "fetch", "config_hash": "", "code_version": code_version()}
+    return fetched, [_rejection(asset, exc.reason, exc.detail, **stamp) for asset, exc in rejections + transient]
+
+
+@task(name="commit-rejections", cache_policy=NO_CACHE)
+def commit_rejections(lance_uri: str, rejections: list[Rejection]) -> int:
+    return DatasetStore(lance_uri).write_rejections(rejections)
+
+
+@task(name="commit-shard", cache_policy=NO_CACHE)
+def commit_shard(lance_uri: str, samples: list[Sample], rejections: list[Rejection], assets: list[AssetRow]) -> tuple[int, int, int]:
+    """One shard, in completion order: the ``assets`` rows go last, as the marker of finished work."""
+    store = DatasetStore(lance_uri)
+    return store.write_samples(samples), store.write_rejections(rejections), store.write_assets(assets)
+
+
+@task(name="render", cache_policy=NO_CACHE)
+def render_assets(assets: list[AssetRef], params: BuildParams) -> tuple[RenderSummary, list[Rejection], list[SheetEntry]]:
+    """Probe, filter, split into parts and render every asset in the Ray pool, committing in shards."""
+    logger = get_run_logger()
+    started = time.monotonic()
+    connection = connect(params.ray_address)
+    try:
+        size, cpus_per_worker = pool_shape(params, connection)
+        logger.info("rendering %d assets on %s with %d workers", len(assets), connection.gcs_address, size)
+        summary = RenderSummary(gcs_address=connection.gcs_address, pool_size=size)
+        rejections: list[Rejection] = []
+        sheet: list[SheetEntry] = []
+        progress = RenderProgress(total=len(assets))
+        progress.start()
+        shard = _Shard(params.lance_uri, summary)
+        pool = RenderPool(
+            make_worker=_worker_factory(params.render, params.filters),
+            size=size,
+            recycle_after=params.recycle_after,
+            asset_timeout_s=params.asset_timeout_s,
+            cpus_per_worker=cpus_per_worker,
+        )
+        with pool:
+            for outcome in pool.imap(Job(a) for a in assets):
+                samples, found, row = outcome_rows(outcome, params.render.config_hash())
+                _record(summary, outcome, samples)
+                rejections += found
+                sheet += [SheetEntry(f"{s.file_identifier} {s.clip}", s.rgb, s.parts) for s in samples[: CONTACT_SHEET_SAMPLES - len(sheet)]]
+                shard.add(samples, found, row)
+                if shard.size >= params.shard_size:
+                    shard.commit()
+                progress.advance()
+            shard.commit()
+        stats = pool.stats
+        summary.workers_started, summary.recycled = stats.workers_started, stats.recycled
+        summary.timeouts, summary.crashes = stats.timeouts, stats.crashes
+    finally:
+        connection.close()
+    summary.seconds = time.monotonic() - started
+    return summary, rejections, sheet
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def publish(build: BuildReport, sheet: list[SheetEntry], cache_dir: str) -> BuildReport:
+    if not sheet:
+        sheet = stored_sheet_entries(DatasetStore(build.lance_uri), build.config_hash)
+    if sheet:
+        path = contact_sheet_path(build.lance_uri, cache_dir)
+        publish_contact_sheet(contact_sheet_png(sheet), path)
+        build = build.model_copy(update={"contact_sheet": str(path.resolve())})
+    publish_report(build)
+    return build
+
+
+# ----------------------------------------------------------------------------------------- flow
+
+
+@flow(name=FLOW_NAME, validate_parameters=False)
+def build_kinematicparts20k(
+    source: SourceParams = DEFAULTS.source,
+    limit: int | None = DEFAULTS.limit,
+    prefilter: PrefilterRules = DEFAULTS.prefilter,
+    filters: FilterRules = DEFAULTS.filters,
+    render: RenderSpec = DEFAULTS.render,
+    lance_uri: str = DEFAULTS.lance_uri,
+    cache_dir: str = DEFAULTS.cache_dir,
+    ray_address: str | None = DEFAULTS.ray_address,
+    pool_size: int | None = DEFAULTS.pool_size,
+    recycle_after: int = DEFAULTS.recycle_after,
+    asset_timeout_s: float = DEFAULTS.asset_timeout_s,
+    shard_size: int = DEFAULTS.shard_size,
+) -> BuildReport:
+    """Build or refresh KinematicParts20K into the Lance tables at ``lance_uri``.
+
+    Parameters are those of :class:`schemas.params.BuildParams`; they are validated here, before any
+    work, and a bad one fails the run with one line per wrong field.
+    """
+    params = BuildParams.parse(_as_data(locals()))
+    return run_build(params)
+
+
+def run_build(params: BuildParams) -> BuildReport:
+    """The flow's body, on validated parameters (call the flow, not this, to get a Prefect run)."""
+    clock = _Clock()
+    config_hash = params.render.config_hash()
+    store = DatasetStore(params.lance_uri)
+    build = BuildReport(lance_uri=params.lance_uri, config_hash=config_hash, code_version=code_version())
+    build.versions_before = _versions(store)
+
+    assets = discover(params.source, params.cache_dir, params.prefilter.file_types)
+    clock.lap(build, "discover")
+    kept, rejections = prefilter_candidates(assets, params.prefilter)
+    candidates = kept[: params.limit]
+    commit_rejections(params.lance_uri, rejections)
+    clock.lap(build, "prefilter")
+    todo = plan(candidates, params.lance_uri, config_hash)
+    clock.lap(build, "plan")
+    fetched, fetch_rejections = fetch_assets(todo, params.cache_dir) if todo else ([], [])
+    commit_rejections(params.lance_uri, fetch_rejections)
+    clock.lap(build, "fetch")
+    sheet: list[SheetEntry] = []
+    if fetched:
+        build.render, render_rejections, sheet = render_assets(fetched, params)
+        rejections = rejections + render_rejections
+    clock.lap(build, "render")
+
+    build.discovered, build.prefilter_rejected = len(assets), len(assets) - len(kept)
+    build.candidates, build.already_decided = len(candidates), len(candidates) - len(todo)
+    build.fetched, build.fetch_rejected = len(fetched), len(fetch_rejections)
+    build.rejection_reasons = dict(count_reasons(rejections + fetch_rejections))
+    build.versions = _versions(store)
+    build = publish(build, sheet, params.cache_dir)
+    clock.lap(build, "report")
+    return build
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def finished_assets(store: DatasetStore, config_hash: str) -> set[str]:
+    """sha256s this configuration need not touch again.
+
+    The store's decisions (a sample, or a non-transient rejection) minus the assets a worker started
+    to commit whose ``assets`` row, written last in a shard, is missing: a kill between a shard's
+    commits leaves those, and they are done again.
+    """
+    where = f"config_hash = '{config_hash}'"
+    marked = {a["sha256"] for a in store.read("assets", columns=["asset"], filter=where).column("asset").to_pylist()}
+    touched = set(store.read_samples(columns=["sha256"], filter=where).column("sha256").to_pylist())
+    stages = ", ".join(f"'{s}'" for s in (*PRE_WORKER_STAGES, POOL_STAGE))
+    worker_rejections = store.read("rejections", columns=["sha256"], filter=f"{where} AND stage NOT IN ({stages})")
+    touched |= set(worker_rejections.column("sha256").to_pylist())
+    return set(store.decided_assets(config_hash)) - (touched - marked)
+
+
+def outcome_rows(outcome: Outcome, config_hash: str) -> tuple[list[Sample], list[Rejection], AssetRow | None]:
+    """A pool outcome as rows: its samples, its rejections, and its ``assets`` row (the marker)."""
+    asset = outcome.job.asset
+    if outcome.failure is not None:
+        rejection = _rejection(
+            asset, outcome.failure, outcome.detail, stage=POOL_STAGE, config_hash=config_hash, code_version=code_version()
+        )
+        return [], [rejection], None
+    result = outcome.result
+    probe = result.probe
+    if probe is None:  # the worker gave up before probing: record why, so the asset is not redone
+        first = result.rejections[0] if result.rejections else None
+        probe = ProbeReport(
+            sha256=asset.sha256, ok=False, reason=first.reason if first else None, detail=first.detail if first else ""
+        )
+    row = AssetRow(asset=result.asset, probe=probe, config_hash=config_hash, code_version=code_version())
+    return list(result.samples), list(result.rejections), row
+
+
+def pool_shape(params: BuildParams, connection: RayConnection) -> tuple[int, float]:
+    """(workers, CPUs reserved per worker): one worker per ``render.threads`` CPUs by default; more
+    workers than that share CPUs fractionally, so the pool never waits on CPUs Ray cannot grant."""
+    cpus = max(connection.cpus, 1.0)
+    threads = params.render.threads or cpus
+    size = params.pool_size or max(1, int(cpus // threads))
+    return size, min(float(threads), cpus / size)
+
+
+def stored_sheet_entries(store: DatasetStore, config_hash: str, n: int = CONTACT_SHEET_SAMPLES) -> list[SheetEntry]:
+    """Samples already in the table (for a refresh that rendered nothing new)."""
+    ids = sorted(store.existing_sample_ids(config_hash))[:n]
+    if not ids:
+        return []
+    where = "sample_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")"
+    rows = store.read_samples(columns=["file_identifier", "clip", "rgb", "parts"], filter=where).to_pylist()
+    return [SheetEntry(f"{r['file_identifier']} {r['clip']}", r["rgb"], r["parts"]) for r in rows]
+
+
+def _worker_factory(spec: RenderSpec, filters: FilterRules) -> Any:
+    from pipelines.worker import AssetWorker  # imports bpy: only where a worker is built
+
+    return partial(AssetWorker, spec, filters, spec.threads)
+
+
+def _record(summary: RenderSummary, outcome: Outcome, samples: list[Sample]) -> None:
+    summary.processed_sha256.append(outcome.job.asset.sha256)
+    summary.accepted_assets += bool(samples)
+    if outcome.result is not None:
+        summary.n_renders += outcome.result.n_renders
+    if outcome.worker is not None:
+        worker = outcome.worker
+        for values, value in ((summary.worker_pids, worker.pid), (summary.node_ips, worker.node_ip), (summary.node_ids, worker.node_id)):
+            if value not in values:
+                values.append(value)
+
+
+def _rejection(asset: AssetRef, reason: RejectReason, detail: str, **stamp: str) -> Rejection:
+    return Rejection(
+        sha256=asset.sha256, file_identifier=asset.file_identifier, source=asset.source, reason=reason, detail=detail, **stamp
+    )
+
+
+class _Shard:
+    """Rows of finished assets waiting to be committed together."""
+
+    def __init__(self, lance_uri: str, summary: RenderSummary):
+        self.lance_uri, self.summary = lance_uri, summary
+        self.samples: list[Sample] = []
+        self.rejections: list[Rejection] = []
+        self.assets: list[AssetRow] = []
+        self.size = 0
+
+    def add(self, samples: list[Sample], rejections: list[Rejection], row: AssetRow | None) -> None:
+        self.samples += samples
+        self.rejections += rejections
+        self.assets += [row] if row is not None else []
+        self.size += 1
+
+    def commit(self) -> None:
+        if not self.size:
+            return
+        added = commit_shard(self.lance_uri, self.samples, self.rejections, self.assets)
+        self.summary.samples_written += added[0]
+        self.summary.rejections_written += added[1]
+        self.summary.assets_written += added[2]
+        self.summary.shards += 1
+        self.samples, self.rejections, self.assets, self.size = [], [], [], 0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def lap(self, build: BuildReport, stage: str) -> None:
+        now = time.monotonic()
+        build.seconds[stage] = round(now - self.last, 3)
+        self.last = now
+
+
+def _versions(store: DatasetStore) -> dict[str, int]:
+    return {table: store.version(table) for table in ("samples", "assets", "rejections")}
+
+
+def _as_data(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Flow arguments as plain data, whether they came in as models (Python) or JSON (a deployment)."""
+    return {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in arguments.items()}

@@ -1,0 +1,259 @@
+"""A pool of long-lived Ray actors, each holding one warm worker (one Blender), fed one asset at a time.
+
+The pool owns the failure modes of a Blender process so that each costs one asset, never the run:
+
+- a hang: every asset has a hard deadline; on expiry the actor is killed (``ray.kill``), the asset
+  comes back as a ``timeout`` outcome and a fresh actor takes the slot;
+- a crash (the process dies, ``RayActorError``) or an exception escaping the worker: a ``crashed``
+  outcome, and the slot is refilled;
+- slow leaks: an actor is replaced after ``recycle_after`` assets.
+
+Outcomes stream back as they finish (``ray.wait``), in completion order, so the driver can commit
+them in shards while the rest render.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+import ray
+from ray.exceptions import RayError
+
+from schemas.assets import AssetRef, RejectReason
+
+# Consecutive actors that die before becoming ready: past this the cluster cannot host a worker at
+# all (bpy missing, out of memory), and going on would only spin.
+MAX_START_FAILURES = 3
+
+
+class PoolError(RuntimeError):
+    """The pool cannot go on (no worker can start); ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Where an actor runs: enough to find its process and to show which cluster did the work."""
+
+    pid: int
+    node_id: str
+    node_ip: str
+    actor_id: str
+
+
+@dataclass(frozen=True)
+class Job:
+    asset: AssetRef
+    clips: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One asset, done. ``result`` is the worker's return value; on a timeout or crash it is None and
+    ``failure`` says which, with ``detail``."""
+
+    job: Job
+    worker: WorkerInfo | None
+    result: Any = None
+    failure: RejectReason | None = None
+    detail: str = ""
+    seconds: float = 0.0
+
+
+EventKind = Literal["worker_started", "dispatched", "finished", "timeout", "crashed", "recycled"]
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    kind: EventKind
+    worker: WorkerInfo | None
+    asset: AssetRef | None = None
+
+
+@dataclass
+class PoolStats:
+    workers_started: int = 0
+    recycled: int = 0
+    timeouts: int = 0
+    crashes: int = 0
+    start_failures: int = 0
+
+
+class _RenderActor:
+    """Runs inside a Ray worker process: builds the worker once, then processes assets one by one."""
+
+    def __init__(self, make_worker: Callable[[], Any]):
+        self._worker = make_worker()
+
+    def identity(self) -> WorkerInfo:
+        context = ray.get_runtime_context()
+        return WorkerInfo(os.getpid(), context.get_node_id(), ray.util.get_node_ip_address(), context.get_actor_id())
+
+    def process(self, asset: AssetRef, clips: list[str] | None) -> Any:
+        return self._worker.process(asset, clips=clips)
+
+
+@dataclass
+class _Slot:
+    handle: Any
+    ready_ref: Any
+    started_at: float
+    info: WorkerInfo | None = None
+    job: Job | None = None
+    job_ref: Any = None
+    deadline: float = 0.0
+    dispatched_at: float = 0.0
+    done: int = 0
+
+
+@dataclass
+class RenderPool:
+    """``size`` actors built by ``make_worker`` (a picklable zero-argument callable), started lazily.
+
+    Use as a context manager (or call :meth:`close`): every actor is killed on exit.
+    """
+
+    make_worker: Callable[[], Any]
+    size: int
+    recycle_after: int = 100
+    asset_timeout_s: float = 600.0
+    cpus_per_worker: float = 1.0
+    startup_timeout_s: float = 300.0
+    on_event: Callable[[PoolEvent], None] | None = None
+    stats: PoolStats = field(default_factory=PoolStats)
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.recycle_after < 1 or self.asset_timeout_s <= 0:
+            raise ValueError("size and recycle_after must be >= 1 and asset_timeout_s > 0")
+        self._actor_class = ray.remote(_RenderActor).options(
+            num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0
+        )
+        self._slots: list[_Slot] = []
+        self._consecutive_start_failures = 0
+
+    def __enter__(self) -> "RenderPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for slot in self._slots:
+            ray.kill(slot.handle, no_restart=True)
+        self._slots.clear()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def imap(self, jobs: Iterable[Job]) -> Iterator[Outcome]:
+        """Process every job; yield one :class:`Outcome` per job as soon as it is known."""
+        queue = deque(jobs)
+        while queue or any(s.job is not None for s in self._slots):
+            self._fill(len(queue))
+            for slot in self._slots:
+                if slot.info is not None and slot.job is None and queue:
+                    self._dispatch(slot, queue.popleft())
+            refs = [s.job_ref if s.job is not None else s.ready_ref for s in self._slots if s.job is not None or s.info is None]
+            ready, _ = ray.wait(refs, num_returns=1, timeout=self._wait_budget()) if refs else ([], [])
+            for ref in ready:
+                outcome = self._settle(ref)
+                if outcome is not None:
+                    yield outcome
+            yield from self._expire()
+
+    def _fill(self, queued: int) -> None:
+        """Start actors until the busy plus the queued work has one each, up to ``size``."""
+        busy = sum(1 for s in self._slots if s.job is not None)
+        while len(self._slots) < min(self.size, busy + queued):
+            handle = self._actor_class.remote(self.make_worker)
+            self._slots.append(_Slot(handle, handle.identity.remote(), time.monotonic()))
+
+    def _dispatch(self, slot: _Slot, job: Job) -> None:
+        slot.job = job
+        slot.job_ref = slot.handle.process.remote(job.asset, job.clips)
+        slot.dispatched_at = time.monotonic()
+        slot.deadline = slot.dispatched_at + self.asset_timeout_s
+        self._emit("dispatched", slot.info, job.asset)
+
+    def _wait_budget(self) -> float:
+        now = time.monotonic()
+        deadlines = [s.deadline for s in self._slots if s.job is not None]
+        deadlines += [s.started_at + self.startup_timeout_s for s in self._slots if s.info is None]
+        return max(0.0, min(deadlines, default=now + 1.0) - now)
+
+    def _settle(self, ref: Any) -> Outcome | None:
+        slot = next(s for s in self._slots if ref in (s.ready_ref, s.job_ref))
+        if slot.info is None:
+            self._settle_start(slot)
+            return None
+        job, worker, seconds = slot.job, slot.info, time.monotonic() - slot.dispatched_at
+        slot.job, slot.job_ref = None, None
+        try:
+            result = ray.get(ref)
+        except RayError as exc:
+            self.stats.crashes += 1
+            self._emit("crashed", worker, job.asset)
+            self._retire(slot)
+            return Outcome(job, worker, failure=RejectReason.crashed, detail=_one_line(exc), seconds=seconds)
+        slot.done += 1
+        self._emit("finished", worker, job.asset)
+        if slot.done >= self.recycle_after:
+            self.stats.recycled += 1
+            self._emit("recycled", worker)
+            self._retire(slot)
+        return Outcome(job, worker, result=result, seconds=seconds)
+
+    def _settle_start(self, slot: _Slot) -> None:
+        try:
+            slot.info = ray.get(slot.ready_ref)
+        except RayError as exc:
+            self._start_failed(slot, _one_line(exc))
+            return
+        self._consecutive_start_failures = 0
+        self.stats.workers_started += 1
+        self._emit("worker_started", slot.info)
+
+    def _start_failed(self, slot: _Slot, detail: str) -> None:
+        self.stats.start_failures += 1
+        self._consecutive_start_failures += 1
+        self._retire(slot)
+        if self._consecutive_start_failures >= MAX_START_FAILURES:
+            self.close()
+            raise PoolError("worker_start_failed", f"{MAX_START_FAILURES} render workers in a row failed to start: {detail}")
+
+    def _expire(self) -> Iterator[Outcome]:
+        now = time.monotonic()
+        for slot in list(self._slots):
+            if slot.info is None and now > slot.started_at + self.startup_timeout_s:
+                self._start_failed(slot, f"not ready after {self.startup_timeout_s:.0f} s")
+            elif slot.job is not None and now > slot.deadline:
+                job, worker = slot.job, slot.info
+                self.stats.timeouts += 1
+                self._emit("timeout", worker, job.asset)
+                self._retire(slot)
+                yield Outcome(
+                    job, worker, failure=RejectReason.timeout,
+                    detail=f"no result after {self.asset_timeout_s:g} s; worker pid {worker.pid} killed",
+                    seconds=now - slot.dispatched_at,
+                )
+
+    def _retire(self, slot: _Slot) -> None:
+        """Kill the actor and drop its slot; :meth:`_fill` starts a replacement if work remains."""
+        ray.kill(slot.handle, no_restart=True)
+        self._slots.remove(slot)
+
+    def _emit(self, kind: EventKind, worker: WorkerInfo | None, asset: AssetRef | None = None) -> None:
+        if self.on_event is not None:
+            self.on_event(PoolEvent(kind, worker, asset))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:500]

@@ -1,0 +1,21 @@
+"""Errors the model code raises for bad input, each with a reason code a caller can act on."""
+
+from __future__ import annotations
+
+
+class ModelInputError(ValueError):
+    """Bad input to the model, a loss or a loader.
+
+    ``reason`` is one of: ``bad_shape``, ``bad_dtype``, ``missing_field``, ``weights_not_found``,
+    ``bad_weights``, ``missing_palette``.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"[{reason}] {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class WeightsNotFoundError(ModelInputError, FileNotFoundError):
+    def __init__(self, detail: str):
+        super().__init__("weights_not_found", detail)

@@ -1,0 +1,118 @@
+"""Real infrastructure for the flow tests: one local Ray per session, the local Prefect stack of
+infra/local-stack.sh (server + `process` pool + deployments + worker) on a free loopback port, and
+tiny render settings.
+
+Every process a fixture starts is in its own session and is killed by process group at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+# 2 views x 2 frames at 32 px, 2 samples: every test render is as small as the grid allows.
+TINY_RENDER = {"n_views": 2, "n_frames": 2, "resolution": 32, "samples": 2, "denoise": False}
+STACK_READY = "local-stack: ready"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_session(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything in its session."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    for pid in session_members(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if process.poll() is None:
+        process.wait(10)
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes whose session id is ``sid`` (children that left the process group included)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    members.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return members
+
+
+def wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited ({process.returncode}) before {text!r}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise TimeoutError(f"no {text!r} after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for every in-process test (each ``ray.init`` costs ~5 s and ~760 MiB here)."""
+    import ray
+
+    temp = Path(tempfile.mkdtemp(prefix="kp20k-ray-", dir="/tmp"))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """infra/local-stack.sh on a free port with its own PREFECT_HOME; yields the environment that
+    points a client (a subprocess, the prefect CLI) at it."""
+    home = tmp_path_factory.mktemp("prefect-stack")
+    port = free_port()
+    env = {**os.environ, "PREFECT_PORT": str(port), "PREFECT_HOME": str(home), "PREFECT": str(VENV_BIN / "prefect")}
+    log = home / "stack.log"
+    with open(log, "wb") as out:
+        stack = subprocess.Popen(
+            ["bash", str(REPO_ROOT / "infra" / "local-stack.sh")], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_line(log, STACK_READY, stack, timeout_s=240)
+        yield {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_STACK_LOG": str(log)}
+    finally:
+        kill_session(stack)
+
+
+@pytest.fixture
+def prefect_api(prefect_stack: dict[str, str]) -> Iterator[str]:
+    """Flows called in this test's process report to the stack's server (for this test only)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_stack["PREFECT_API_URL"]}):
+        yield prefect_stack["PREFECT_API_URL"]
+
+
+@pytest.fixture
+def tiny_render() -> dict:
+    return dict(TINY_RENDER)

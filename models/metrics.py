@@ -114,7 +114,9 @@ def part_metrics_grid(pred: np.ndarray, true: np.ndarray, iou_threshold: float =
 
     def means(values: np.ndarray) -> dict[str, float]:
         scored = ~np.isnan(values[..., 0])
-        return {m: float(values[..., i][scored].mean()) if scored.any() else math.nan for i, m in enumerate(PART_METRICS)}
+        return {
+            m: float(values[..., i][scored].mean()) if scored.any() else math.nan for i, m in enumerate(PART_METRICS)
+        }
 
     return {
         **means(scores),
@@ -156,9 +158,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float
     c1 = (_SSIM_K1 * data_range) ** 2
     c2 = (_SSIM_K2 * data_range) ** 2
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    inside = tuple(
-        slice(_SSIM_RADIUS, -_SSIM_RADIUS) if axis in spatial else slice(None) for axis in range(a.ndim)
-    )
+    inside = tuple(slice(_SSIM_RADIUS, -_SSIM_RADIUS) if axis in spatial else slice(None) for axis in range(a.ndim))
     return float(ssim_map[inside].mean())
 
 

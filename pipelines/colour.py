@@ -2,10 +2,10 @@
 
 A part's colour is its centroid in the normalised unit cube [0, 1]^3 mapped linearly onto
 [low, high]^3 (x -> R, y -> G, z -> B). A colour that falls too close to an earlier one (or to the black
-background) moves to the nearest free colour, so every pair is at least ``min_distance`` apart. Decoding
-takes the
-nearest palette colour within ``decode_limit``; because ``decode_limit <= min_distance / 2`` (checked by
-:class:`~schemas.parts.ColourRules`), an exactly encoded image always decodes to its own part ids.
+background) moves to the nearest free colour, so every pair is at least ``min_distance`` apart.
+Decoding takes the nearest palette colour within ``decode_limit``; because
+``decode_limit <= min_distance / 2`` (checked by :class:`~schemas.parts.ColourRules`), an exactly
+encoded image always decodes to its own part ids.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def encode_palette(centroids: np.ndarray, rules: ColourRules) -> np.ndarray:
     colour placed before it; otherwise it takes the nearest free colour of a fine grid over the
     range. So earlier part ids keep their spatial meaning exactly, and the same centroids always give
     the same palette. Centroids outside the cube are clipped onto it. Raises ValueError when no free
-    colour is left (too many parts for the range and distance).
+    colour is left: too many parts for the range and distance (in the default range, even 64
+    coincident parts fit at a distance of 48; the default is 32).
     """
     centroids = np.asarray(centroids, dtype=np.float64)
     if centroids.ndim != 2 or centroids.shape[1] != 3:

@@ -133,19 +133,18 @@ class FetchCache:
         return self.root / sha256[:2] / sha256
 
     def lookup(self, sha256: str, file_type: str) -> Path | None:
-        """The cached object if present and its bytes still hash to ``sha256`` (a corrupt one is removed)."""
-        single = self.path_for(sha256, file_type)
-        candidates = [(single, single)]
+        """The cached object if present and its bytes still hash to ``sha256``.
+
+        A corrupt entry is left for the next fetch to replace under the object's lock.
+        """
+        candidates = [self.path_for(sha256, file_type)]
         if file_type == "gltf":
-            bundle = self.bundle_for(sha256)
-            candidates.append((bundle / f"{sha256}.gltf", bundle))
-        for path, entry in candidates:
-            if not path.is_file():
-                continue
-            if file_sha256(path) == sha256:
-                return path
-            logger.warning("removing corrupt cache entry %s", entry)
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
+            candidates.append(self.bundle_for(sha256) / f"{sha256}.gltf")
+        for path in candidates:
+            if path.is_file():
+                if file_sha256(path) == sha256:
+                    return path
+                logger.warning("cache entry %s is corrupt; fetching it again", path)
         return None
 
     @contextlib.contextmanager
@@ -407,7 +406,8 @@ def _publish(cache: FetchCache, asset: AssetRef, temp: Path, get_resource: Gette
             get_resource(relative, target)
         os.replace(temp, staging / f"{asset.sha256}.gltf")
         bundle = cache.bundle_for(asset.sha256)
-        os.rename(staging, bundle)  # under the object's lock, so no one else is creating it
+        shutil.rmtree(bundle, ignore_errors=True)  # a corrupt earlier copy; we hold the object's lock
+        os.rename(staging, bundle)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return bundle / f"{asset.sha256}.gltf"

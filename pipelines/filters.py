@@ -95,9 +95,8 @@ def _check_asset(report: ProbeReport, rules: FilterRules) -> Verdict | None:
         return RejectReason.too_many_faces, f"{report.n_faces} faces > max_faces {rules.max_faces}"
     # Written as "not <=" so that a NaN measurement fails the check instead of passing it.
     if not report.max_weight_sum_error <= rules.max_weight_sum_error:
-        return RejectReason.bad_weights, (
-            f"weight sums off by {report.max_weight_sum_error:.3g} > max_weight_sum_error {rules.max_weight_sum_error:g}"
-        )
+        error, limit = report.max_weight_sum_error, rules.max_weight_sum_error
+        return RejectReason.bad_weights, f"weight sums off by {error:.3g} > max_weight_sum_error {limit:g}"
     if report.duplicate_bone_names:
         return RejectReason.bad_weights, "duplicate bone names"
     if report.has_nan:

@@ -23,6 +23,7 @@ GPL-1.0-or-later, which is what the GPL says a missing version number means.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -148,6 +149,11 @@ def normalise_licence(raw: object) -> str | None:
     """The SPDX id (or a known ``LicenseRef-``) for a licence string, None when unreadable."""
     if not isinstance(raw, str) or len(raw) > _MAX_LEN:
         return None
+    return _normalise_text(raw)
+
+
+@lru_cache(maxsize=4096)  # a few hundred distinct spellings cover millions of annotation rows
+def _normalise_text(raw: str) -> str | None:
     exact = _BY_LOWER.get(raw.strip().lower())
     if exact is not None:
         return exact

@@ -98,7 +98,7 @@ def kinematic_parts(rig: RigGeometry, rules: PartRules) -> PartAssignment:
         raise PartsError(RejectReason.too_few_parts, "no surface is skinned to any bone")
 
     groups = _Groups(parents, bone_area)
-    motion = np.asarray(rig.bone_relative_motion, dtype=np.float64)
+    motion = rig.bone_relative_motion
 
     def too_small(rep: int) -> bool:
         return groups.area[rep] <= 0.0 or groups.area[rep] / total < rules.min_surface_fraction
@@ -153,7 +153,7 @@ def build_part_map(rig: RigGeometry, rules: PartRules, colours: ColourRules) -> 
     centroids = part_centroids(rig, parts)
     palette = encode_palette(centroids, colours)
     part_map = PartMap(
-        bone_to_part={name: int(part) for name, part in zip(rig.bone_names, parts.bone_to_part)},
+        bone_to_part={name: int(part) for name, part in zip(rig.bone_names, parts.bone_to_part, strict=True)},
         part_names=[rig.bone_names[b] for b in parts.part_root_bones],
         palette=palette.tolist(),
         centroids=centroids.tolist(),
@@ -216,7 +216,9 @@ def _validate(rig: RigGeometry) -> None:
         raise PartsError(RejectReason.bad_weights, "duplicate bone names make the skin ambiguous")
     _validate_depth_first(rig.bone_parents)
     if rig.vertex_bone.ndim != 1 or not np.issubdtype(rig.vertex_bone.dtype, np.integer):
-        raise ValueError(f"vertex_bone must be a 1-D integer array, got {rig.vertex_bone.dtype} {rig.vertex_bone.shape}")
+        raise ValueError(
+            f"vertex_bone must be a 1-D integer array, got {rig.vertex_bone.dtype} {rig.vertex_bone.shape}"
+        )
     n_vertices = len(rig.vertex_bone)
     if rig.vertex_area.shape != (n_vertices,) or rig.vertex_positions.shape != (n_vertices, 3):
         raise ValueError(

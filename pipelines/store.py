@@ -120,7 +120,8 @@ def open_table(
     try:
         return lance.dataset(table_uri(uri, table), version=version, storage_options=storage_options)
     except ValueError as exc:
-        raise StoreError("version_not_found", f"{table} has no version {version}: {exc}") from exc
+        missing = "no such table" if version is None else f"no version {version}"
+        raise StoreError("version_not_found", f"{table_uri(uri, table)}: {missing} ({exc})") from exc
 
 
 class DatasetStore:

@@ -92,7 +92,9 @@ def _to_arrow_value(annotation: Any, value: Any) -> Any:
         return value.value
     if isinstance(value, datetime) and value.tzinfo is None:
         # Arrow would store a naive time as if it were UTC and read it back aware: shifted and unequal.
-        raise ValueError(f"naive datetime {value.isoformat()}: records carry timezone-aware times (schemas.assets.utcnow)")
+        raise ValueError(
+            f"naive datetime {value.isoformat()}: records carry timezone-aware times (schemas.assets.utcnow)"
+        )
     return value
 
 

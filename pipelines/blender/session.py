@@ -48,6 +48,7 @@ class BlenderSession:
             log_path = name
         self.log_path = Path(log_path)
         self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._log_text = open(self._log_fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
         self._capture_depth = 0
         self.n_loads = 0
         self.reset()
@@ -65,14 +66,18 @@ class BlenderSession:
             return
         _flush_all()
         saved = os.dup(1), os.dup(2)
+        streams = sys.stdout, sys.stderr
         os.dup2(self._log_fd, 1)
         os.dup2(self._log_fd, 2)
+        # Python-level writers too: a test runner or notebook may have replaced sys.stdout/stderr.
+        sys.stdout = sys.stderr = self._log_text
         self._capture_depth = 1
         try:
             yield
         finally:
             self._capture_depth = 0
             _flush_all()  # C stdio buffers must reach the log before the descriptors move back
+            sys.stdout, sys.stderr = streams
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
@@ -125,6 +130,7 @@ class BlenderSession:
 
     def close(self) -> None:
         if self._log_fd >= 0:
+            self._log_text.close()
             os.close(self._log_fd)
             self._log_fd = -1
 

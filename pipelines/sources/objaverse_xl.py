@@ -42,6 +42,19 @@ def sketchfab_object_paths_file(download_dir: Path) -> Path:
     return Path(download_dir).expanduser() / "hf-objaverse-v1" / "object-paths.json.gz"
 
 
+def sketchfab_object_index(download_dir: Path, offline: bool = False) -> Path:
+    """The Sketchfab object index (for ``FetchConfig.sketchfab_object_paths``), downloaded once by
+    objaverse when online and absent."""
+    path = sketchfab_object_paths_file(download_dir)
+    if not path.is_file():
+        if offline:
+            raise AnnotationsMissing(f"offline and no Sketchfab object index at {path}")
+        import objaverse.xl
+
+        objaverse.xl.SketchfabDownloader.get_uids(download_dir=str(download_dir))
+    return path
+
+
 def _requested(sources: Collection[str] | None) -> list[str]:
     if sources is None:
         return list(OBJAVERSE_SOURCES)
@@ -88,7 +101,7 @@ def _metadata(value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
     text = _text(value)
-    if not text:
+    if not text or text == "{}":
         return {}
     try:
         parsed = json.loads(text)

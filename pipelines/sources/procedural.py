@@ -3,14 +3,15 @@
 Six kinds: ``arm`` (a 2-6 bone chain), ``snake`` (6-20 bones, travelling wave), ``biped``,
 ``quadruped`` and ``insect`` (branching bodies of 10-40 bones), and ``rigid`` (a robot arm whose bones
 carry rigidly parented boxes and no skin). Everything follows from (kind, seed): the same pair gives
-the same bytes. Bones are added parents first, so the joint order, and the part ids that follow from
-it downstream, are stable.
+the same bytes. Joints are written depth-first, the order Blender gives the bones, so the part ids
+that follow from it downstream are stable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -60,9 +61,11 @@ def generate_asset(kind: str, seed: int, out_dir: Path) -> AssetRef:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{kind}-{seed}.glb"
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    # write then rename: a crash never leaves a half-written asset under the final name, and
+    # concurrent writers of the same asset (same bytes) each rename a complete file
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
     partial.write_bytes(data)
-    os.replace(partial, path)  # a crash never leaves a half-written asset under the final name
+    os.replace(partial, path)
     return AssetRef(
         file_identifier=f"procedural://{kind}/{seed}",
         source=SOURCE,

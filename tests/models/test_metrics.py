@@ -19,7 +19,12 @@ THREE_COLUMNS = np.array([[0, 0, 1, 2]] * 4)
 
 
 def test_identical_partitions_score_one():
-    assert part_metrics(RIGHT_HALF_SPLIT, RIGHT_HALF_SPLIT) == {"miou": 1.0, "ari": 1.0, "f1": 1.0, "mean_accuracy": 1.0}
+    assert part_metrics(RIGHT_HALF_SPLIT, RIGHT_HALF_SPLIT) == {
+        "miou": 1.0,
+        "ari": 1.0,
+        "f1": 1.0,
+        "mean_accuracy": 1.0,
+    }
 
 
 def test_a_permutation_of_labels_still_scores_one_after_matching():

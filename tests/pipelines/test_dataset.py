@@ -117,14 +117,14 @@ def test_even_spreads_views_over_the_orbit_and_frames_over_the_clip() -> None:
 def test_split_is_by_asset_disjoint_complete_and_stable(tmp_path: Path) -> None:
     uri = str(tmp_path)
     spec = RenderSpec(n_views=2, n_frames=2, resolution=16)
-    build(uri, range(40), spec, clips=("Walk", "Run"))
+    written = build(uri, range(40), spec, clips=("Walk", "Run"))
     train = KinematicPartsDataset(uri, 2, 2, split="train", val_fraction=0.25)
     val = KinematicPartsDataset(uri, 2, 2, split="val", val_fraction=0.25)
     everything = KinematicPartsDataset(uri, 2, 2)
     assert len(everything) == 80
     assert sorted(train.sample_ids + val.sample_ids) == sorted(everything.sample_ids)
-    train_assets = Counter(r.sha256 for r in train._rows)
-    val_assets = Counter(r.sha256 for r in val._rows)
+    train_assets = Counter(written[i].sha256 for i in train.sample_ids)
+    val_assets = Counter(written[i].sha256 for i in val.sample_ids)
     assert not set(train_assets) & set(val_assets)
     assert set(train_assets.values()) == set(val_assets.values()) == {2}, "both clips of an asset share its split"
     assert 0 < len(val_assets) < 40

@@ -48,7 +48,11 @@ def test_a_good_report_passes():
 @pytest.mark.parametrize(
     "changes, reason, detail",
     [
-        (dict(ok=False, reason=RejectReason.timeout, detail="probe took 60 s"), RejectReason.timeout, "probe took 60 s"),
+        (
+            dict(ok=False, reason=RejectReason.timeout, detail="probe took 60 s"),
+            RejectReason.timeout,
+            "probe took 60 s",
+        ),
         (dict(ok=False, detail="not a glTF file"), RejectReason.import_error, "not a glTF file"),
         (dict(n_armatures=0), RejectReason.no_armature, "no armature found"),
         (dict(n_armatures=2), RejectReason.multiple_armatures, "2 armatures > max_armatures 1"),
@@ -56,7 +60,11 @@ def test_a_good_report_passes():
         (dict(bones=bones(1)), RejectReason.too_few_bones, "1 bones < min_bones 2"),
         (dict(bones=bones(101)), RejectReason.too_many_bones, "101 bones > max_bones 100"),
         (dict(n_faces=500_001), RejectReason.too_many_faces, "500001 faces > max_faces 500000"),
-        (dict(max_weight_sum_error=0.4), RejectReason.bad_weights, "weight sums off by 0.4 > max_weight_sum_error 0.001"),
+        (
+            dict(max_weight_sum_error=0.4),
+            RejectReason.bad_weights,
+            "weight sums off by 0.4 > max_weight_sum_error 0.001",
+        ),
         (dict(max_weight_sum_error=math.nan), RejectReason.bad_weights, "weight sums off by nan"),
         (dict(duplicate_bone_names=True), RejectReason.bad_weights, "duplicate bone names"),
         (dict(has_nan=True), RejectReason.nan_geometry, "NaN or infinite values in the geometry"),
@@ -75,7 +83,10 @@ def test_thresholds_are_inclusive_limits():
     assert check_probe(good_report(bones=bones(100)), RULES) is None  # == max_bones
     assert check_probe(good_report(n_faces=500_000), RULES) is None
     assert check_probe(good_report(max_weight_sum_error=1e-3), RULES) is None
-    assert check_probe(good_report(), FilterRules(max_bones=2)) == (RejectReason.too_many_bones, "3 bones > max_bones 2")
+    assert check_probe(good_report(), FilterRules(max_bones=2)) == (
+        RejectReason.too_many_bones,
+        "3 bones > max_bones 2",
+    )
 
 
 def test_rigid_children_count_as_skinning_only_when_allowed():

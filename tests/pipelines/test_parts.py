@@ -17,7 +17,9 @@ from schemas.parts import ColourRules, PartMap, PartRules
 MOVING = 0.5  # relative motion well above min_relative_motion (1e-3)
 
 
-def rig(parents: list[int], area: list[float], motion: list[float] | None = None, names: list[str] | None = None) -> RigGeometry:
+def rig(
+    parents: list[int], area: list[float], motion: list[float] | None = None, names: list[str] | None = None
+) -> RigGeometry:
     """One vertex per bone with the given surface area, placed at (i / B, 0.5, 0.5)."""
     n = len(parents)
     return RigGeometry(
@@ -85,7 +87,15 @@ def test_a_root_without_surface_absorbs_its_largest_child_and_names_the_part():
     area = [0, 20, 15, 15, 10, 10, 10, 20]
     parts = kinematic_parts(rig(FIGURE_PARENTS, area), PartRules())
     assert parts.bone_to_part.tolist() == [0, 0, 1, 2, 3, 4, 5, 6]
-    assert [FIGURE_NAMES[b] for b in parts.part_root_bones] == ["root", "head", "arm_l", "hand_l", "arm_r", "hand_r", "leg"]
+    assert [FIGURE_NAMES[b] for b in parts.part_root_bones] == [
+        "root",
+        "head",
+        "arm_l",
+        "hand_l",
+        "arm_r",
+        "hand_r",
+        "leg",
+    ]
     assert parts.part_area[0] == 20.0
 
 
@@ -187,7 +197,12 @@ def test_parts_are_deterministic_and_independent_of_vertex_order():
     geometry = RigGeometry(FIGURE_NAMES, FIGURE_PARENTS, bone, rng.random(n), rng.random((n, 3)), rng.random(8))
     order = rng.permutation(n)
     shuffled = RigGeometry(
-        FIGURE_NAMES, FIGURE_PARENTS, bone[order], geometry.vertex_area[order], geometry.vertex_positions[order], geometry.bone_relative_motion
+        FIGURE_NAMES,
+        FIGURE_PARENTS,
+        bone[order],
+        geometry.vertex_area[order],
+        geometry.vertex_positions[order],
+        geometry.bone_relative_motion,
     )
     first, vertices = build_part_map(geometry, PartRules(max_parts=4), ColourRules())
     again, _ = build_part_map(geometry, PartRules(max_parts=4), ColourRules())
@@ -227,7 +242,10 @@ def test_a_malformed_rig_is_a_clear_value_error(changes, message):
 @pytest.mark.parametrize(
     "changes, reason",
     [
-        (dict(bone_names=[], bone_parents=[], bone_relative_motion=np.zeros(0), vertex_bone=np.full(3, -1)), RejectReason.too_few_bones),
+        (
+            dict(bone_names=[], bone_parents=[], bone_relative_motion=np.zeros(0), vertex_bone=np.full(3, -1)),
+            RejectReason.too_few_bones,
+        ),
         (dict(bone_names=["a", "b", "a"]), RejectReason.bad_weights),
         (dict(vertex_bone=np.array([0, 1, 3])), RejectReason.bad_weights),
         (dict(vertex_positions=np.array([[0.5, 0.5, np.nan]] * 3)), RejectReason.nan_geometry),
@@ -302,7 +320,9 @@ def rig_from_glb(path: Path) -> RigGeometry:
     dominant = skin_joints[np.arange(len(weights)), weights.argmax(axis=1)]
     vertex_bone = np.where(weights.max(axis=1) > 0, bone_of_joint[dominant], -1)
     triangles = (
-        accessor(primitive["indices"]).reshape(-1, 3) if "indices" in primitive else np.arange(len(positions)).reshape(-1, 3)
+        accessor(primitive["indices"]).reshape(-1, 3)
+        if "indices" in primitive
+        else np.arange(len(positions)).reshape(-1, 3)
     )
     corners = positions[triangles]
     triangle_area = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)

@@ -129,6 +129,7 @@ def test_take_blobs_gives_lazy_files_in_the_asked_order(store: DatasetStore) -> 
         (lambda s: s.model_copy(update={"alpha": b"not a zip"}), "bad_frame_pack"),
         (lambda s: s.model_copy(update={"cameras": s.cameras[:2]}), "bad_grid"),
     ],
+    ids=["wrong-key", "wrong-grid-pack", "not-a-zip", "missing-cameras"],
 )
 def test_bad_sample_is_refused_and_the_whole_batch_is_not_committed(store: DatasetStore, corrupt, reason: str) -> None:
     good = samples(range(40))  # the bad row comes after two full write chunks

@@ -149,7 +149,9 @@ def test_fixture_records_set_every_field_away_from_its_default():
         record = make()
         for name, field in model.model_fields.items():
             if not field.is_required():
-                assert getattr(record, name) != field.get_default(call_default_factory=True), (model.__name__, name)
+                assert getattr(record, name) != field.get_default(call_default_factory=True), (
+                    f"{model.__name__}.{name}: give it a non-default value in this file's fixture record"
+                )
 
 
 # --- the derivation --------------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def check_field(where: str, annotation, field: pa.Field) -> None:
 def check_model(where: str, model: type[BaseModel], struct: pa.StructType | pa.Schema) -> None:
     fields = list(struct) if isinstance(struct, pa.Schema) else [struct.field(i) for i in range(struct.num_fields)]
     assert [f.name for f in fields] == list(model.model_fields), f"{where}: columns differ from the model's fields"
-    for field, (name, info) in zip(fields, model.model_fields.items()):
+    for field, (name, info) in zip(fields, model.model_fields.items(), strict=True):
         optional = typing.get_origin(info.annotation) in (typing.Union, types.UnionType)
         assert field.nullable == optional, f"{where}.{name}: nullable only when Optional"
         check_field(f"{where}.{name}", info.annotation, field)

@@ -15,6 +15,7 @@ from pipelines.sources.objaverse_xl import (
     AnnotationsMissing,
     discover_objaverse,
     load_annotations,
+    sketchfab_object_index,
     sketchfab_object_paths_file,
 )
 from schemas.assets import RejectReason
@@ -84,6 +85,15 @@ def test_online_load_uses_objaverse_and_reads_present_files_without_fetching(tmp
     pd.testing.assert_frame_equal(online[columns], offline[columns])
 
 
+def test_sketchfab_object_index_is_found_or_named_when_missing_offline(tmp_path, loopback_only):
+    with pytest.raises(AnnotationsMissing, match="object-paths.json.gz"):
+        sketchfab_object_index(tmp_path, offline=True)
+    path = sketchfab_object_paths_file(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(b"{}"))
+    assert sketchfab_object_index(tmp_path, offline=False) == path  # present: no download, even online
+
+
 def test_bad_requests_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="objaverse"):
         load_annotations(tmp_path, sources=["objaverse"], offline=True)
@@ -131,7 +141,8 @@ def test_annotations_to_cached_files_end_to_end(tmp_path, git_root, http_server,
     http_server.add("/content/document/3d_package:d8c62be9/resources/mammoth-150k.glb", Reply(MAMMOTH))
     config = FetchConfig(connect_timeout=1, read_timeout=1, retries=1, backoff_seconds=0.01, git_timeout=20,
                          github_base=f"file://{git_root}", sketchfab_base=http_server.url("/hf"),
-                         sketchfab_object_paths=str(index), smithsonian_base=http_server.base)
+                         sketchfab_object_paths=str(sketchfab_object_index(download_dir, offline=True)),
+                         smithsonian_base=http_server.base)
 
     candidates = discover_objaverse(download_dir, offline=True)
     accepted, rejections = prefilter(candidates, PrefilterRules())

@@ -13,6 +13,7 @@ import trimesh
 
 from pipelines.sources.gltf_writer import accessor_array, read_glb
 from pipelines.sources.procedural import KINDS, generate_asset, generate_assets, generate_rig, generate_rig_bytes
+from pipelines.sources.rig_geometry import Tube, tube_mesh
 
 BONE_RANGES = {
     "arm": (2, 6),
@@ -89,6 +90,25 @@ def test_skin_weights_sum_to_one_and_blend_at_joints(kind: str) -> None:
         assert (influences == 2).mean() > 0.2
         used = np.unique(joints[weights > 0])
         assert set(used) == set(range(_joint_count(doc))), "every bone moves some skin"
+
+
+def test_tube_weights_are_half_and_half_at_a_joint_and_whole_away_from_it() -> None:
+    sides = 8
+    points = np.array([[0, 0, 0], [0, 1, 0], [0, 2, 0]], dtype=float)
+    mesh = tube_mesh(Tube(points, bones=(3, 7), radii=(0.1, 0.1, 0.1), start_bone=1), sides=sides, rings_per_segment=4)
+    heights = mesh.positions[:, 1]
+    at_joint = np.isclose(heights, 1.0) & np.isclose(np.linalg.norm(mesh.positions[:, [0, 2]], axis=1), 0.1)
+    assert at_joint.sum() == sides
+    assert {tuple(j[:2]) for j in mesh.joints[at_joint]} == {(7, 3)}
+    np.testing.assert_array_equal(mesh.weights[at_joint], [[0.5, 0.5, 0, 0]] * sides)
+    middle = np.isclose(heights, 0.5) | np.isclose(heights, 1.5)
+    np.testing.assert_array_equal(mesh.weights[middle][:, 0], 1.0)
+    assert set(mesh.joints[np.isclose(heights, 0.5)][:, 0]) == {3}
+    assert set(mesh.joints[np.isclose(heights, 1.5)][:, 0]) == {7}
+    root = np.isclose(heights, 0.0) & ~np.isclose(np.abs(mesh.positions[:, 0]) + np.abs(mesh.positions[:, 2]), 0)
+    np.testing.assert_array_equal(mesh.weights[root][:, :2], [[0.5, 0.5]] * sides)  # blends into start_bone
+    assert set(mesh.joints[root][:, 1]) == {1}
+    np.testing.assert_allclose(mesh.weights.sum(axis=1), 1.0, rtol=0, atol=1e-12)
 
 
 def test_rigid_kind_has_boxes_on_bones_and_no_skinned_mesh() -> None:

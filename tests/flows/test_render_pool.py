@@ -1,0 +1,114 @@
+"""The render pool with real workers (one warm Blender each) on a real local Ray.
+
+A hang is a worker process stopped with SIGSTOP mid-asset (it makes no progress, like a deadlocked
+Blender); a crash is the worker process killed with SIGKILL mid-asset. Both are done to the worker
+the pool reports for that asset, so each test knows which asset must fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from flows.render_pool import Job, PoolError, PoolEvent, RenderPool
+from pipelines.sources.procedural import generate_assets
+from pipelines.worker import AssetWorker
+from schemas.assets import AssetRef, RejectReason
+from schemas.filters import FilterRules
+from schemas.render import RenderSpec
+from tests.factories import hanging_asset
+from tests.flows.conftest import TINY_RENDER
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def make_worker():
+    return partial(AssetWorker, RenderSpec(**TINY_RENDER), FilterRules(), 1)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pid: int, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> list[AssetRef]:
+    return generate_assets(4, tmp_path_factory.mktemp("pool-assets"), seed=10)
+
+
+def test_outcomes_stream_back_and_workers_are_recycled(assets):
+    events: list[PoolEvent] = []
+    with RenderPool(make_worker(), size=1, recycle_after=2, asset_timeout_s=120, on_event=events.append) as pool:
+        outcomes = list(pool.imap(Job(a) for a in assets))
+    assert [o.job.asset.sha256 for o in outcomes] == [a.sha256 for a in assets]  # one worker: in order
+    assert all(o.failure is None and o.result.samples for o in outcomes)
+    assert all(o.result.n_renders >= len(o.result.samples) for o in outcomes)
+    # 4 assets, recycled after 2: two workers, each a different process, each killed after its second asset.
+    pids = [o.worker.pid for o in outcomes]
+    assert pids[0] == pids[1] != pids[2] == pids[3]
+    assert pool.stats.workers_started == 2 and pool.stats.recycled == 2
+    assert [e.kind for e in events].count("recycled") == 2
+    assert all(wait_gone(pid) for pid in set(pids))
+
+
+def test_a_hung_worker_times_out_and_a_killed_worker_crashes_and_the_rest_finish(assets, tmp_path):
+    fifo = hanging_asset(tmp_path)
+    fifo_asset = AssetRef(
+        file_identifier=fifo.as_uri(), source="local", file_type="glb", sha256="f" * 64, local_path=str(fifo)
+    )
+    to_hang, to_crash = assets[1].sha256, assets[2].sha256
+    jobs = [Job(a) for a in (assets[0], assets[1], fifo_asset, assets[2], assets[3])]
+    faults: dict[str, int] = {}
+
+    def fault(event: PoolEvent) -> None:
+        if event.kind == "dispatched" and event.asset.sha256 in (to_hang, to_crash):
+            faults[event.asset.sha256] = event.worker.pid
+            os.kill(event.worker.pid, signal.SIGSTOP if event.asset.sha256 == to_hang else signal.SIGKILL)
+
+    with RenderPool(make_worker(), size=2, asset_timeout_s=15, on_event=fault) as pool:
+        outcomes = {o.job.asset.sha256: o for o in pool.imap(jobs)}
+
+    assert len(outcomes) == len(jobs)
+    assert outcomes[to_hang].failure is RejectReason.timeout
+    assert f"worker pid {faults[to_hang]} killed" in outcomes[to_hang].detail
+    assert outcomes[to_crash].failure is RejectReason.crashed
+    assert "ActorDiedError" in outcomes[to_crash].detail
+    # The worker refuses the FIFO before opening it: a rejection from the worker, not a hang.
+    (fifo_rejection,) = outcomes["f" * 64].result.rejections
+    assert fifo_rejection.reason is RejectReason.file_missing
+    for asset in (assets[0], assets[3]):
+        assert outcomes[asset.sha256].failure is None and outcomes[asset.sha256].result.samples
+    assert pool.stats.timeouts == 1 and pool.stats.crashes == 1
+    # Two slots, two failures that each cost a process: four workers in all, and the stopped one is gone.
+    assert pool.stats.workers_started == 4
+    assert wait_gone(faults[to_hang]) and wait_gone(faults[to_crash])
+
+
+def failing_worker():
+    raise RuntimeError("no Blender on this node")
+
+
+def test_workers_that_cannot_start_stop_the_pool_with_a_reason(assets):
+    with pytest.raises(PoolError) as caught:
+        with RenderPool(failing_worker, size=1, asset_timeout_s=30) as pool:
+            list(pool.imap([Job(assets[0])]))
+    assert caught.value.reason == "worker_start_failed"
+    assert "no Blender on this node" in str(caught.value)
+    assert pool.stats.start_failures == 3

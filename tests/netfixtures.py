@@ -122,7 +122,10 @@ class LoopbackServer:
 
 
 @pytest.fixture
-def http_server() -> Iterator[LoopbackServer]:
+def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
+    # A proxy configured on the machine must not swallow loopback traffic (requests and git obey these).
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
     with LoopbackServer() as server:
         yield server
 

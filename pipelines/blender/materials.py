@@ -86,8 +86,7 @@ def flat_part_material(palette: np.ndarray) -> bpy.types.Material:
             FLAT_COLOUR_ATTRIBUTE, "FLOAT_COLOR", "FACE"
         )
         colour.data.foreach_set("color", colours.ravel())
-    material = bpy.data.materials.new("kp_flat_parts")
-    material.use_nodes = True
+    material = bpy.data.materials.new("kp_flat_parts")  # Blender 5: always node-based
     nodes = material.node_tree.nodes
     nodes.clear()
     attribute = nodes.new("ShaderNodeAttribute")

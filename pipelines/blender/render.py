@@ -260,8 +260,7 @@ def _setup_scene(spec: RenderSpec, threads: int, scale: float, distance: float) 
     settings.exr_codec = "NONE"
     settings.use_exr_interleave = True  # one part: the layout exr.read_exr reads
 
-    world = bpy.data.worlds.new("kp_world")
-    world.use_nodes = True
+    world = bpy.data.worlds.new("kp_world")  # Blender 5 gives new worlds a Background node
     background = world.node_tree.nodes["Background"]
     background.inputs["Color"].default_value = (WORLD_LIGHT, WORLD_LIGHT, WORLD_LIGHT, 1.0)
     sc.world = world

@@ -21,11 +21,9 @@ from pipelines.sources.objaverse_xl import (
 from schemas.assets import RejectReason
 from schemas.prefilter import PrefilterRules
 from tests.netfixtures import (  # noqa: F401 (fixtures)
-    LoopbackServer,
     Reply,
     annotation_row,
     git_root,
-    github_identifier,
     http_server,
     loopback_only,
     make_git_repo,

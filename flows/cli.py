@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from pipelines import cli as pipeline_cli
 from schemas.params import BuildParams, ParamsError
 
 # The demo: small enough to finish in minutes on two CPU cores.
@@ -21,7 +22,7 @@ DEMO_GRID = {"n_views": 4, "n_frames": 4, "resolution": 64, "samples": 8}
 
 
 def add_flow_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Attach the flow subcommands to a parser's subcommands (``pipelines.cli`` calls this too)."""
+    """Attach the flow subcommands (a ``register`` hook of ``pipelines.cli.build_parser``)."""
     build = subparsers.add_parser("build", help="build or refresh the dataset (the build-kinematicparts20k flow)")
     build.add_argument("--source", choices=["procedural", "local", "objaverse-xl"], default="procedural")
     build.add_argument("--count", type=int, default=DEMO_COUNT, help="procedural: assets to generate")
@@ -43,7 +44,7 @@ def add_flow_commands(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--shard-size", type=int, help="finished assets per commit")
     build.add_argument("--params", help="JSON object of BuildParams to start from (flags override it)")
     build.add_argument("--json", action="store_true", help="print the build report as JSON")
-    build.set_defaults(flow_command=run_build_command)
+    build.set_defaults(handler=run_build_command)
 
 
 def build_params_from_args(args: argparse.Namespace) -> BuildParams:
@@ -95,29 +96,13 @@ def run_build_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``pipelines.cli``'s parser when it exists, with the flow subcommands added."""
-    try:
-        from pipelines.cli import build_parser as pipeline_parser
-    except ImportError:
-        parser = argparse.ArgumentParser(prog="kp20k", description="KinematicParts20K data pipeline and flows")
-        add_flow_commands(parser.add_subparsers(dest="command", required=True))
-        return parser
-    parser = pipeline_parser()
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "build" not in subparsers.choices:
-        add_flow_commands(subparsers)
-    return parser
+    from flows.training_cli import add_training_commands  # train / evaluate
+
+    return pipeline_cli.build_parser(register=[add_flow_commands, add_training_commands])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command: Callable[[argparse.Namespace], int] | None = getattr(args, "flow_command", None)
-    if command is not None:
-        return command(args)
-    from pipelines.cli import main as pipeline_main
-
-    return pipeline_main(argv)
+    return pipeline_cli.main(argv, build_parser())
 
 
 if __name__ == "__main__":

@@ -254,6 +254,7 @@ class RenderPool:
             self.on_event(PoolEvent(kind, worker, asset))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:500]
+def _one_line(exc: BaseException, limit: int = 600) -> str:
+    """The error on one line; a long one keeps its head and its tail (a traceback's last line is the cause)."""
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return text if len(text) <= limit else f"{text[: limit // 3]} ... {text[-(2 * limit // 3):]}"

@@ -18,7 +18,7 @@ from diffusers import EDMEulerScheduler
 from models.errors import ModelInputError
 from models.sp4d import SP4DModel
 from models.vae import LatentCodec, decode_grid, to_model_range, to_uint8
-from pipelines.colour import DEFAULT_DECODE_LIMIT, decode_part_image
+from pipelines.colour import BACKGROUND, decode_part_image
 
 
 def edm_scheduler(sigma_data: float = 1.0, sigma_min: float = 0.002, sigma_max: float = 700.0) -> EDMEulerScheduler:
@@ -61,13 +61,13 @@ class SP4DPipeline:
         palettes: Sequence[np.ndarray] | None = None,
         num_inference_steps: int = 25,
         generator: torch.Generator | None = None,
-        decode_limit: float = DEFAULT_DECODE_LIMIT,
+        decode_limit: float | None = None,
     ) -> SP4DSample:
         """Generate ``V = elevation.shape[1]`` views of an input video.
 
         ``video`` uint8 [B, F, H, W, 3]; ``elevation``, ``azimuth`` degrees [B, V] or [B, V, F];
         ``image_embeddings`` [B, S, D]; ``palettes`` one uint8 [P, 3] palette per sample, to decode
-        part ids by nearest palette colour within ``decode_limit`` (``pipelines.colour``).
+        part ids by nearest colour (:func:`decode_generated_parts`).
         """
         video = to_model_range(video)
         if video.ndim != 5 or elevation.ndim not in (2, 3) or elevation.shape[0] != video.shape[0]:
@@ -107,6 +107,22 @@ class SP4DPipeline:
         part_ids = None
         if palettes is not None:
             part_ids = np.stack(
-                [decode_part_image(images, np.asarray(p), limit=decode_limit) for images, p in zip(part_images, palettes)]
+                [decode_generated_parts(images, np.asarray(p), decode_limit) for images, p in zip(part_images, palettes)]
             )
         return SP4DSample(rgb=rgb_images, parts=part_images, part_ids=part_ids)
+
+
+def decode_generated_parts(images: np.ndarray, palette: np.ndarray, limit: float | None = None) -> np.ndarray:
+    """Part ids int16 [..., H, W] of generated part maps uint8 [..., H, W, 3].
+
+    With ``limit=None`` every pixel takes the nearest of the palette colours and the black
+    background, however far: generated colours are never exact. With a ``limit`` it is
+    :func:`pipelines.colour.decode_part_image` (pixels farther than ``limit`` from every palette colour
+    are unknown, -1).
+    """
+    if limit is not None:
+        return decode_part_image(images, palette, limit=limit)
+    with_background = np.vstack([palette, np.zeros((1, 3), np.uint8)])
+    ids = decode_part_image(images, with_background, limit=float("inf"))
+    ids[ids == len(palette)] = BACKGROUND
+    return ids

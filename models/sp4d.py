@@ -16,6 +16,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from models.aligned_loading import AlignedLoadingMixin
 from models.errors import ModelInputError
 from models.unet import MultiViewUNet
 
@@ -51,7 +52,7 @@ class SP4DOutput(BaseOutput):
     part_features: torch.Tensor | None = None  # [B, V, F, C', h, w] at the requested layer
 
 
-class SP4DModel(ModelMixin, ConfigMixin):
+class SP4DModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
     """The dual-branch model. ``branch_config`` is a :class:`MultiViewUNet` configuration."""
 
     _supports_gradient_checkpointing = True

@@ -34,6 +34,7 @@ from diffusers.models.upsampling import Upsample2D
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from models.aligned_loading import AlignedLoadingMixin
 from models.attention import Grid, MultiViewTransformer
 from models.errors import ModelInputError
 
@@ -59,7 +60,7 @@ class UNetLevel(nn.Module):
         self.upsamplers: nn.ModuleList | None = None
 
 
-class MultiViewUNet(ModelMixin, ConfigMixin):
+class MultiViewUNet(AlignedLoadingMixin, ModelMixin, ConfigMixin):
     """A latent video diffusion UNet over a grid of views x frames.
 
     At every layer: a residual block (``ResnetBlock2D``), then spatial self-attention over H x W with

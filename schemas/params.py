@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from schemas.filters import FilterRules
 from schemas.prefilter import PrefilterRules
@@ -75,14 +75,12 @@ class BuildParams(BaseModel):
     asset_timeout_s: float = Field(600.0, gt=0, description="hard limit for one asset in a worker")
     shard_size: int = Field(8, ge=1, description="finished assets committed together")
 
-    @model_validator(mode="before")
+    @field_validator("prefilter", "filters", "render", mode="before")
     @classmethod
-    def _no_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name in ("prefilter", "filters", "render"):
-                if isinstance(data.get(name), dict):
-                    _check_keys(cls.model_fields[name].annotation, data[name], name)
-        return data
+    def _no_unknown_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, dict):
+            _check_keys(cls.model_fields[info.field_name].annotation, value, "")
+        return value
 
     @model_validator(mode="after")
     def _address(self) -> "BuildParams":
@@ -104,11 +102,12 @@ class BuildParams(BaseModel):
 def _check_keys(model: type[BaseModel], data: dict[str, Any], path: str) -> None:
     unknown = sorted(set(data) - set(model.model_fields))
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(model.model_fields)}")
+        where = f"{path}: " if path else ""
+        raise ValueError(f"{where}unknown keys {unknown}; known: {sorted(model.model_fields)}")
     for name, value in data.items():
         annotation = model.model_fields[name].annotation
         if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            _check_keys(annotation, value, f"{path}.{name}")
+            _check_keys(annotation, value, f"{path}.{name}".lstrip("."))
 
 
 def describe(exc: ValidationError) -> str:

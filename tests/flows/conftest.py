@@ -7,6 +7,7 @@ Every process a fixture starts is in its own session and is killed by process gr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -104,15 +105,36 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         kill_session(stack)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def prefect_api(prefect_stack: dict[str, str]) -> Iterator[str]:
-    """Flows called in this test's process report to the stack's server (for this test only)."""
+    """Flows called in this module's process report to the stack's server (this module only)."""
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_stack["PREFECT_API_URL"]}):
         yield prefect_stack["PREFECT_API_URL"]
+        APILogWorker.drain_all(timeout=10)  # send this module's run logs while the server is up
 
 
 @pytest.fixture
 def tiny_render() -> dict:
     return dict(TINY_RENDER)
+
+
+def cli_build(arguments: list[str], stack: dict[str, str], log: Path) -> subprocess.Popen:
+    """``kp20k build ... --json`` in a new session (so it can be killed whole), reporting to the stack."""
+    env = {**os.environ, "PREFECT_API_URL": stack["PREFECT_API_URL"]}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "build", "--json", "--params", json.dumps({"render": TINY_RENDER}), *arguments],
+            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def report_from_log(log: Path):
+    """The BuildReport a ``--json`` run printed (its last JSON line)."""
+    from flows.report import BuildReport
+
+    lines = [line for line in log.read_text().splitlines() if line.startswith('{"lance_uri"')]
+    assert lines, log.read_text()[-3000:]
+    return BuildReport.model_validate_json(lines[-1])

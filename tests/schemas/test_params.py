@@ -33,7 +33,7 @@ def test_unknown_source_kind_is_named():
     ("data", "expected"),
     [
         ({"render": {"resolutoin": 32}}, "render: unknown keys ['resolutoin']"),
-        ({"render": {"parts": {"max_part": 4}}}, "render.parts: unknown keys ['max_part']"),
+        ({"render": {"parts": {"max_part": 4}}}, "render: parts: unknown keys ['max_part']"),
         ({"filters": {"min_bone": 2}}, "filters: unknown keys ['min_bone']"),
         ({"prefilter": {"licence": ["MIT"]}}, "prefilter: unknown keys ['licence']"),
         ({"shard": 3}, "shard: Extra inputs are not permitted"),
@@ -44,7 +44,8 @@ def test_misspelt_keys_are_errors_not_silent_defaults(data, expected):
 
 
 def test_every_wrong_field_is_listed_with_its_value():
-    message = refused({"limit": 0, "shard_size": -1, "asset_timeout_s": 0})
+    message = refused({"limit": 0, "shard_size": -1, "asset_timeout_s": 0, "render": {"resolutoin": 32}})
+    assert "render: unknown keys ['resolutoin']" in message
     assert "limit: Input should be greater than or equal to 1 (got 0)" in message
     assert "shard_size: Input should be greater than or equal to 1 (got -1)" in message
     assert "asset_timeout_s: Input should be greater than 0 (got 0)" in message

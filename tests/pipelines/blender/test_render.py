@@ -248,7 +248,7 @@ def test_eevee_is_refused_before_it_can_abort_the_process(session: BlenderSessio
 def test_pixel_centres_inside_the_silhouette_lie_within_the_projected_vertices(rendered: Rendered) -> None:
     """The flat render samples each pixel at its centre (col + 0.5, row + 0.5): no covered centre
     can lie beyond the projected extreme vertices. A camera off by a fraction of a pixel fails this."""
-    worst = 0.0
+    worst = -np.inf
     for f, positions in enumerate(rendered.frame_positions):
         for camera in rendered.grid.cameras:
             low, high = (lambda p: (p.min(axis=0), p.max(axis=0)))(project(camera, positions.astype(np.float64)))

@@ -1,0 +1,127 @@
+"""``kp20k train`` and ``kp20k evaluate``: the training flows run in this process.
+
+Like ``kp20k build``, they run on Prefect's ephemeral local API, or on the server named by
+``PREFECT_API_URL`` (then the runs, logs and artifacts show in its UI). ``kp20k train`` started again
+with the same arguments resumes the run from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+# The demo: the tiny model in pixel space, small enough for two CPU cores.
+DEMO_TRAIN = {"max_steps": 100, "rgb_steps": 50, "checkpoint_every": 25, "n_views": 2, "n_frames": 2}
+
+_TRAIN_FLAGS = {
+    "max_steps": ("--steps", int, "optimiser steps in all"),
+    "rgb_steps": ("--rgb-steps", int, "phase 1: steps of the RGB branch alone"),
+    "checkpoint_every": ("--checkpoint-every", int, None),
+    "batch_size": ("--batch-size", int, None),
+    "gradient_accumulation_steps": ("--grad-accum", int, "batches per optimiser step"),
+    "learning_rate": ("--lr", float, None),
+    "n_views": ("--views", int, None),
+    "n_frames": ("--frames", int, None),
+    "vae_path": ("--vae", str, "local diffusers VAE folder (default: pixel space)"),
+    "mixed_precision": ("--mixed-precision", str, "auto, no, fp16 or bf16"),
+    "threads": ("--threads", int, "torch CPU threads"),
+    "seed": ("--seed", int, None),
+}
+
+
+def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="train SP4D on the dataset (the train-sp4d flow); rerun to resume")
+    train.add_argument("--lance", dest="lance_uri", default="data/kp20k.lance", help="table folder or s3:// URI")
+    train.add_argument("--version", type=int, help="samples version to pin (default: the latest)")
+    train.add_argument("--config-hash", help="render configuration to train on (default: the only one)")
+    train.add_argument("--output", dest="output_dir", default="runs/sp4d", help="folder of the runs")
+    train.add_argument("--run-name", help="run folder name (default: samples-v<version>-<config>)")
+    for field, (flag, kind, help_text) in _TRAIN_FLAGS.items():
+        train.add_argument(flag, dest=field, type=kind, help=help_text)
+    train.add_argument("--config", help="JSON object of TrainConfig fields to start from (flags override it)")
+    train.add_argument("--json", action="store_true", help="print the training report as JSON")
+    train.set_defaults(handler=run_train_command)
+
+    evaluate = subparsers.add_parser("evaluate", help="score a checkpoint on held-out assets (the evaluate-sp4d flow)")
+    evaluate.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    evaluate.add_argument("--baseline", help="a second checkpoint to compare side by side")
+    evaluate.add_argument("--split", choices=["val", "train"])
+    evaluate.add_argument("--samples", dest="max_samples", type=int, help="items to score (default 8)")
+    evaluate.add_argument("--steps", dest="inference_steps", type=int, help="sampler steps (default 25)")
+    evaluate.add_argument("--seed", type=int)
+    evaluate.add_argument("--lance", dest="lance_uri", help="score on another copy of the table")
+    evaluate.add_argument("--version", type=int, help="samples version (default: the one the checkpoint trained on)")
+    evaluate.add_argument("--lpips", dest="lpips_path", help="TorchScript LPIPS network")
+    evaluate.add_argument("--clip", dest="clip_path", help="TorchScript CLIP image encoder")
+    evaluate.add_argument("--i3d", dest="i3d_path", help="TorchScript I3D detector for FVD")
+    evaluate.add_argument("--report-dir", help="where the JSON and markdown go (default <run>/evaluations)")
+    evaluate.add_argument("--json", action="store_true", help="print the report JSON")
+    evaluate.set_defaults(handler=run_evaluate_command)
+
+
+def _fields(args: argparse.Namespace, names: Any) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    from pipelines.checkpoints import RunError
+
+    try:
+        config = {**DEMO_TRAIN, **(json.loads(args.config) if args.config else {}), **_fields(args, _TRAIN_FLAGS)}
+        from flows.train import parse_config, train_sp4d  # Prefect and torch load only for this command
+
+        parse_config(config)
+    except (RunError, json.JSONDecodeError) as exc:
+        print(f"kp20k train: {exc}", file=sys.stderr)
+        return 2
+    state = train_sp4d(
+        lance_uri=args.lance_uri,
+        version=args.version,
+        config_hash=args.config_hash,
+        output_dir=args.output_dir,
+        run_name=args.run_name,
+        config=config,
+        return_state=True,
+    )
+    if not state.is_completed():
+        print(f"kp20k train: the flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+        return 1
+    report = state.result()
+    if args.json:
+        print(report.model_dump_json())
+        return 0
+    resumed = f"resumed at step {report.start_step}" if report.resumed_from else "new run"
+    print(f"train-sp4d: {report.run_dir} ({resumed}), step {report.final_step}, last loss {report.last_losses.get('loss', float('nan')):.4f}")
+    print(f"Dataset: {report.dataset.lance_uri} samples v{report.dataset.version}; checkpoints: {report.run_dir}/checkpoints")
+    print(f"Watch: tensorboard --logdir {report.run_dir}/logs")
+    print(f"Evaluate: kp20k evaluate {report.run_dir}")
+    return 0
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    from pipelines.checkpoints import RunError
+
+    fields = ("split", "max_samples", "inference_steps", "seed", "lance_uri", "version", "lpips_path", "clip_path", "i3d_path")
+    config = _fields(args, fields)
+    try:
+        from flows.evaluate import evaluate_sp4d, parse_config
+
+        parse_config(config)
+    except RunError as exc:
+        print(f"kp20k evaluate: {exc}", file=sys.stderr)
+        return 2
+    state = evaluate_sp4d(
+        checkpoint=args.checkpoint, baseline=args.baseline, config=config, report_dir=args.report_dir, return_state=True
+    )
+    if not state.is_completed():
+        print(f"kp20k evaluate: the flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+        return 1
+    result = state.result()
+    if args.json:
+        print(result.comparison.model_dump_json())
+        return 0
+    print(open(result.markdown_path).read())
+    print(f"Report: {result.json_path}")
+    return 0

@@ -1,0 +1,161 @@
+"""Metrics that need pretrained networks: LPIPS, CLIP-S and the FVD family (FVD-F, FVD-V, FVD-Diag, FV4D).
+
+Nothing is downloaded. Each network is a TorchScript file at a path the caller gives; a missing path
+gives the metric the value ``"not computed: weights not found at <path>"`` (or ``... no path given``),
+and a network that fails on the inputs gives ``"not computed: <why>"``, so a report always has every
+key. The files and the calling convention each expects:
+
+- LPIPS: ``module(x, y)`` with float ``[N, 3, H, W]`` images in [-1, 1] -> ``N`` distances (any shape
+  with N elements), e.g. ``torch.jit.trace(lpips.LPIPS(net="alex"), (x, y))``.
+- CLIP-S: ``module(images)`` with float ``[N, 3, 224, 224]`` CLIP-normalised images -> ``[N, D]``
+  image embeddings (a traced CLIP vision tower with its projection). CLIP-S is the mean cosine
+  similarity of generated and true images, as SV4D reports it.
+- FVD: the I3D detector of StyleGAN-V / fvd-comparison (``i3d_torchscript.pt``), called as
+  ``module(videos, rescale=False, resize=True, return_features=True)`` with float
+  ``[N, 3, T, H, W]`` videos in [-1, 1] -> ``[N, D]`` features. The Frechet distance of the two
+  feature sets needs at least two videos a side. Videos read a grid ``[V, F]`` four ways (SV4D):
+  FVD-F along the frames of each view, FVD-V along the views of each frame, FVD-Diag along the
+  diagonal (view i, frame i), FV4D through every view and frame, views reversed on odd frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
+
+MetricValue = float | str
+LEARNED_METRICS = ("lpips", "clip_s", "fvd_f", "fvd_v", "fvd_diag", "fv4d")
+FVD_METRICS = ("fvd_f", "fvd_v", "fvd_diag", "fv4d")
+CLIP_SIZE = 224
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BATCH = 16
+
+
+def not_computed(reason: str) -> str:
+    return f"not computed: {reason}"
+
+
+def load_scripted(path: str | None, what: str) -> torch.jit.ScriptModule | str:
+    """The TorchScript network at ``path``, or the "not computed" entry saying why there is none."""
+    if path is None:
+        return not_computed(f"no {what} weights path given")
+    if not Path(path).is_file():
+        return not_computed(f"weights not found at {path}")
+    try:
+        return torch.jit.load(path, map_location="cpu").eval()
+    except RuntimeError as exc:
+        return not_computed(f"{path} is not a TorchScript file: {exc}".splitlines()[0])
+
+
+class LearnedMetrics:
+    """Collects generated and true grids sample by sample, then computes every learned metric."""
+
+    def __init__(self, lpips_path: str | None = None, clip_path: str | None = None, i3d_path: str | None = None):
+        self.lpips = load_scripted(lpips_path, "LPIPS")
+        self.clip = load_scripted(clip_path, "CLIP")
+        self.i3d = load_scripted(i3d_path, "I3D")
+        self.generated: list[np.ndarray] = []  # uint8 [V, F, H, W, 3] per sample
+        self.true: list[np.ndarray] = []
+
+    def add(self, generated: np.ndarray, true: np.ndarray) -> None:
+        if generated.shape != true.shape or generated.ndim != 5:
+            raise ValueError(f"expected two uint8 [V, F, H, W, 3] grids of one shape, got {generated.shape} and {true.shape}")
+        self.generated.append(generated)
+        self.true.append(true)
+
+    @torch.no_grad()
+    def compute(self) -> dict[str, MetricValue]:
+        if not self.generated:
+            return {name: not_computed("no samples") for name in LEARNED_METRICS}
+        images_gen = _images(np.concatenate([g.reshape(-1, *g.shape[2:]) for g in self.generated]))
+        images_true = _images(np.concatenate([t.reshape(-1, *t.shape[2:]) for t in self.true]))
+        results: dict[str, MetricValue] = {
+            "lpips": _guarded(self.lpips, lambda net: _lpips(net, images_gen, images_true)),
+            "clip_s": _guarded(self.clip, lambda net: _clip_similarity(net, images_gen, images_true)),
+        }
+        for name in FVD_METRICS:
+            results[name] = _guarded(self.i3d, lambda net, name=name: self._fvd(net, name))
+        return results
+
+    def _fvd(self, net: torch.jit.ScriptModule, name: str) -> float:
+        generated = [video for grid in self.generated for video in grid_videos(grid, name)]
+        true = [video for grid in self.true for video in grid_videos(grid, name)]
+        if len(generated) < 2:
+            raise _NotComputed(f"{name} needs at least 2 videos a side, got {len(generated)}")
+        return frechet_distance(_i3d_features(net, generated), _i3d_features(net, true))
+
+
+class _NotComputed(Exception):
+    pass
+
+
+def _guarded(net: torch.jit.ScriptModule | str, compute: Callable[[torch.jit.ScriptModule], float]) -> MetricValue:
+    """The metric, or why not: a missing network, or one that fails on these inputs (the report survives)."""
+    if isinstance(net, str):
+        return net
+    try:
+        value = float(compute(net))
+    except _NotComputed as exc:
+        return not_computed(str(exc))
+    except (RuntimeError, ValueError) as exc:
+        return not_computed(f"the network failed on these inputs: {str(exc).splitlines()[0]}")
+    return value if np.isfinite(value) else not_computed(f"non-finite value {value}")
+
+
+def grid_videos(grid: np.ndarray, kind: str) -> list[np.ndarray]:
+    """The videos ``[T, H, W, 3]`` that one ``[V, F, H, W, 3]`` grid contributes to an FVD variant."""
+    n_views, n_frames = grid.shape[:2]
+    if kind == "fvd_f":
+        return [grid[v] for v in range(n_views)]
+    if kind == "fvd_v":
+        return [grid[:, f] for f in range(n_frames)]
+    if kind == "fvd_diag":
+        return [np.stack([grid[i, i] for i in range(min(n_views, n_frames))])]
+    if kind == "fv4d":
+        order = [(v if f % 2 == 0 else n_views - 1 - v, f) for f in range(n_frames) for v in range(n_views)]
+        return [np.stack([grid[v, f] for v, f in order])]
+    raise ValueError(f"unknown FVD variant {kind!r}; expected one of {FVD_METRICS}")
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets [N, D]."""
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(np.atleast_2d(cov_a) @ np.atleast_2d(cov_b), disp=False)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root.real))
+
+
+def _images(uint8: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(uint8).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _lpips(net: torch.jit.ScriptModule, a: torch.Tensor, b: torch.Tensor) -> float:
+    distances = [net(a[i : i + BATCH], b[i : i + BATCH]).reshape(-1) for i in range(0, len(a), BATCH)]
+    return float(torch.cat(distances).mean())
+
+
+def _clip_similarity(net: torch.jit.ScriptModule, a: torch.Tensor, b: torch.Tensor) -> float:
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), BATCH):
+            unit = F.interpolate((images[i : i + BATCH] + 1) / 2, size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", antialias=True)
+            out.append(net((unit.clamp(0, 1) - mean) / std))
+        return F.normalize(torch.cat(out).float(), dim=-1)
+
+    return float((embed(a) * embed(b)).sum(dim=-1).mean())
+
+
+def _i3d_features(net: torch.jit.ScriptModule, videos: Sequence[np.ndarray]) -> np.ndarray:
+    batch = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # [N, 3, T, H, W]
+    features = [net(batch[i : i + BATCH], rescale=False, resize=True, return_features=True) for i in range(0, len(batch), BATCH)]
+    return torch.cat(features).double().numpy()

@@ -1,0 +1,226 @@
+"""The build flow end to end, in this process, on the local stack's Prefect server and the session's Ray:
+real Blender workers, real Lance tables. One dataset is built, then refreshed in the ways a user would.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+from flows.build import build_kinematicparts20k
+from flows.report import BuildReport
+from pipelines.framepack import unpack
+from pipelines.sources.procedural import generate_assets
+from pipelines.store import DatasetStore
+from schemas.render import RenderSpec
+from schemas.samples import sample_key
+from tests.flows.conftest import TINY_RENDER
+
+pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
+
+
+class Dataset:
+    """One dataset under test: a folder of assets (the local source) and its tables."""
+
+    def __init__(self, root: Path):
+        self.assets = root / "assets"
+        self.lance = str(root / "kp20k.lance")
+        self.cache = str(root / "cache")
+
+    def build(self, render: dict | None = None, **overrides):
+        params = {
+            "source": {"kind": "local", "folder": str(self.assets)},
+            "render": render or TINY_RENDER,
+            "lance_uri": self.lance,
+            "cache_dir": self.cache,
+            "pool_size": 2,
+            "shard_size": 2,
+            **overrides,
+        }
+        state = build_kinematicparts20k(**params, return_state=True)
+        assert state.is_completed(), state.message
+        return state.result(), state.state_details.flow_run_id
+
+    def store(self) -> DatasetStore:
+        return DatasetStore(self.lance)
+
+
+def sample_rows(store: DatasetStore, version: int | None = None) -> list[dict]:
+    return store.read_samples(version, columns=["sample_id", "sha256", "clip", "config_hash"]).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Dataset:
+    data = Dataset(tmp_path_factory.mktemp("build"))
+    generate_assets(4, data.assets, seed=0)
+    return data
+
+
+@pytest.fixture(scope="module")
+def first(dataset) -> tuple[BuildReport, object]:
+    return dataset.build()
+
+
+def test_first_build_writes_exactly_one_row_per_rendered_clip(dataset, first):
+    report, _ = first
+    rows = sample_rows(dataset.store())
+    ids = [r["sample_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == report.render.samples_written > 0
+    assert all(r["sample_id"] == sample_key(r["sha256"], r["clip"], report.config_hash) for r in rows)
+    # Every asset was decided: it has samples or rejections, and one assets row (the commit marker).
+    processed = set(report.render.processed_sha256)
+    assert len(processed) == 4 == report.fetched
+    assets = dataset.store().read("assets", columns=["asset"]).column("asset").to_pylist()
+    assert sorted(a["sha256"] for a in assets) == sorted(processed)
+    assert report.render.workers_started <= 2 and report.render.n_renders > 0
+    assert report.render.shards == 2  # four assets, two per shard
+
+
+def test_rows_hold_the_tiny_grid(dataset, first):
+    store = dataset.store()
+    row = store.read_samples(columns=["rgb", "parts", "alpha", "n_views", "n_frames", "height"]).to_pylist()[0]
+    assert (row["n_views"], row["n_frames"], row["height"]) == (2, 2, 32)
+    for column in ("rgb", "parts", "alpha"):
+        assert unpack(row[column]).shape[:4] == (2, 2, 32, 32)
+
+
+def test_artifacts_show_counts_reasons_progress_versions_and_the_contact_sheet(dataset, first):
+    report, flow_run_id = first
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) == {
+        "kp20k-stage-counts", "kp20k-rejection-reasons", "kp20k-lance-versions", "kp20k-render-progress",
+        "kp20k-contact-sheet",
+    }
+    assert by_key["kp20k-render-progress"].data == 100.0
+    counts = by_key["kp20k-stage-counts"].data
+    assert '"stage": "probe/filter/render", "in": 4' in counts
+    versions = by_key["kp20k-lance-versions"].data
+    assert f"lance.dataset('{dataset.lance}/samples.lance', version={report.versions['samples']})" in versions
+    # The sheet is embedded as a data URI (the UI cannot load file:// URLs) and written next to the table.
+    uri = by_key["kp20k-contact-sheet"].data
+    png = base64.b64decode(uri.removeprefix("data:image/png;base64,"))
+    assert Path(report.contact_sheet).read_bytes() == png
+    assert Path(report.contact_sheet) == Path(dataset.lance).with_name("kp20k.contact-sheet.png").resolve()
+    sheet = Image.open(io.BytesIO(png))
+    n_samples = min(report.render.samples_written, 8)
+    assert sheet.size == (64 * 2 * 4, (64 + 12) * n_samples)
+
+
+def test_an_unchanged_refresh_opens_no_blender(dataset, first):
+    report, _ = first
+    before = dataset.store()
+    refresh, _ = dataset.build()
+    assert refresh.already_decided == 4 and refresh.fetched == 0
+    assert refresh.render.workers_started == 0 and refresh.render.processed_sha256 == []
+    assert refresh.render.gcs_address == ""  # Ray was not even asked
+    assert refresh.versions == report.versions  # no empty commits
+    assert sample_rows(before) == sample_rows(dataset.store())
+
+
+def test_a_refresh_renders_exactly_the_two_new_assets(dataset, first):
+    old = {r["sample_id"] for r in sample_rows(dataset.store())}
+    new_assets = generate_assets(2, dataset.assets / "new", seed=100)
+    refresh, _ = dataset.build()
+    assert sorted(refresh.render.processed_sha256) == sorted(a.sha256 for a in new_assets)
+    rows = sample_rows(dataset.store())
+    added = [r for r in rows if r["sample_id"] not in old]
+    assert {r["sha256"] for r in added} == {a.sha256 for a in new_assets}
+    assert len(rows) == len({r["sample_id"] for r in rows}) == len(old) + refresh.render.samples_written
+
+
+def test_a_changed_render_spec_adds_new_rows_and_keeps_the_old_ones_readable(dataset, first):
+    store = dataset.store()
+    old_version = store.version("samples")
+    old_rows = sample_rows(store)
+    changed = {**TINY_RENDER, "resolution": 40}
+    report, _ = dataset.build(render=changed)
+    assert report.config_hash == RenderSpec(**changed).config_hash() != old_rows[0]["config_hash"]
+    assert len(report.render.processed_sha256) == 6  # every asset, again, under the new spec
+    rows = sample_rows(dataset.store())
+    assert [r for r in rows if r["config_hash"] != report.config_hash] == old_rows
+    assert {r["config_hash"] for r in rows} == {old_rows[0]["config_hash"], report.config_hash}
+    assert sample_rows(store, old_version) == old_rows  # the old version reads back unchanged
+    new_row = dataset.store().read_samples(columns=["rgb"], filter=f"config_hash = '{report.config_hash}'").to_pylist()[0]
+    assert unpack(new_row["rgb"]).shape[2:4] == (40, 40)
+
+
+def test_a_bad_parameter_fails_the_run_before_any_work(tmp_path):
+    lance = tmp_path / "never.lance"
+    state = build_kinematicparts20k(
+        source={"kind": "local"}, limit=0, lance_uri=str(lance), render={"resolutoin": 32}, return_state=True
+    )
+    assert state.is_failed()
+    for problem in ("source.kind 'local' needs source.folder", "limit: Input should be greater than", "render: unknown keys ['resolutoin']"):
+        assert problem in state.message
+    with pytest.raises(Exception, match="invalid build parameters"):
+        state.result()
+    assert not lance.exists()
+
+
+def fault_two_workers(stop: threading.Event, faulted: list[tuple[str, int]]) -> None:
+    """Freeze the first render worker seen mid-asset (a hang), kill the next one (a crash).
+
+    A process is judged only while stopped (SIGSTOP), so it cannot finish its asset between the
+    check and the signal; one found idle is let go (SIGCONT)."""
+    own_session = os.getsid(0)
+    while not stop.is_set() and len(faulted) < 2:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or len(faulted) == 2 or int(entry.name) in [p for _, p in faulted]:
+                continue
+            pid = int(entry.name)
+            try:
+                if os.getsid(pid) != own_session or b"ray::_RenderActor.process" not in (entry / "cmdline").read_bytes():
+                    continue
+                os.kill(pid, signal.SIGSTOP)
+                if b"ray::_RenderActor.process" not in (entry / "cmdline").read_bytes():
+                    os.kill(pid, signal.SIGCONT)
+                    continue
+            except (ProcessLookupError, FileNotFoundError, PermissionError):
+                continue
+            if faulted:
+                os.kill(pid, signal.SIGKILL)
+                faulted.append(("crashed", pid))
+            else:
+                faulted.append(("timeout", pid))  # stays stopped until the pool's deadline kills it
+        time.sleep(0.02)
+
+
+def test_a_hung_and_a_crashed_worker_cost_one_asset_each_and_a_refresh_retries_them(tmp_path):
+    data = Dataset(tmp_path)
+    assets = generate_assets(5, data.assets, seed=40)
+    stop, faulted = threading.Event(), []
+    watcher = threading.Thread(target=fault_two_workers, args=(stop, faulted), daemon=True)
+    watcher.start()
+    try:
+        report, _ = data.build(asset_timeout_s=10)
+    finally:
+        stop.set()
+        watcher.join()
+    assert [kind for kind, _ in faulted] == ["timeout", "crashed"]
+    assert (report.render.timeouts, report.render.crashes) == (1, 1)
+    rejections = data.store().read("rejections", columns=["sha256", "stage", "reason"]).to_pylist()
+    assert sorted((r["stage"], r["reason"]) for r in rejections) == [("pool", "crashed"), ("pool", "timeout")]
+    failed = {r["sha256"] for r in rejections}
+    rendered = {r["sha256"] for r in sample_rows(data.store())}
+    assert rendered == {a.sha256 for a in assets} - failed  # everything else was written
+
+    # Timeouts and crashes are transient: the next refresh renders those two assets and nothing else.
+    retry, _ = data.build(asset_timeout_s=10)
+    assert set(retry.render.processed_sha256) == failed
+    assert {r["sha256"] for r in sample_rows(data.store())} == {a.sha256 for a in assets}
+    assert np.all([retry.render.timeouts == 0, retry.render.crashes == 0])

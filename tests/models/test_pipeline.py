@@ -1,0 +1,105 @@
+"""Sampling and the codecs: shapes, frame order through SVD's temporal decoder, part decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+
+from models.errors import ModelInputError
+from models.pipeline import SP4DPipeline, decode_generated_parts, edm_scheduler
+from models.sp4d import SP4DModel
+from models.unet import MultiViewUNet
+from models.vae import PixelCodec, VAECodec, decode_grid, encode_grid, to_model_range, to_uint8
+from tests.models.inputs import block_palette, block_part_ids, block_videos
+
+
+def tiny_vae_codec() -> VAECodec:
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+    )
+    return VAECodec(vae)
+
+
+def video_and_cameras(views: int = 2, frames: int = 2, size: int = 16):
+    ids = block_part_ids(views, frames, size, n_parts=3)
+    palette = block_palette(3)
+    rgb, _ = block_videos(ids, palette)
+    elevation = torch.full((1, views), 10.0)
+    azimuth = torch.arange(views, dtype=torch.float32)[None] * (360.0 / views)
+    return rgb[:1], elevation, azimuth, palette  # the input video is view 0: [1, F, H, W, 3]
+
+
+def test_pipeline_generates_rgb_and_part_videos_through_a_vae():
+    codec = tiny_vae_codec()
+    torch.manual_seed(1)
+    model = SP4DModel(branch_config=MultiViewUNet.tiny_config()).eval()
+    pipe = SP4DPipeline(model, codec)
+    video, elevation, azimuth, palette = video_and_cameras(views=3)
+    embeddings = torch.randn(1, 1, 16)
+    out = pipe(video, elevation, azimuth, embeddings, [palette], num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0))
+    assert out.rgb.shape == out.parts.shape == (1, 3, 2, 16, 16, 3)
+    assert out.rgb.dtype == out.parts.dtype == np.uint8
+    assert out.part_ids.shape == (1, 3, 2, 16, 16) and out.part_ids.dtype == np.int16
+    assert out.part_ids.min() >= -1 and out.part_ids.max() < len(palette)
+    again = pipe(video, elevation, azimuth, embeddings, [palette], num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(again.rgb, out.rgb) and np.array_equal(again.parts, out.parts)
+
+
+def test_pipeline_without_palettes_returns_no_ids_and_checks_palette_count():
+    torch.manual_seed(1)
+    model = SP4DModel(branch_config=MultiViewUNet.tiny_config(in_channels=6, out_channels=3)).eval()
+    pipe = SP4DPipeline(model, PixelCodec(), edm_scheduler(sigma_max=80.0))
+    video, elevation, azimuth, palette = video_and_cameras()
+    out = pipe(video, elevation, azimuth, torch.zeros(1, 1, 16), num_inference_steps=1)
+    assert out.part_ids is None and out.parts.shape == (1, 2, 2, 16, 16, 3)
+    with pytest.raises(ModelInputError) as error:
+        pipe(video, elevation, azimuth, torch.zeros(1, 1, 16), [palette, palette], num_inference_steps=1)
+    assert error.value.reason == "missing_palette"
+    with pytest.raises(ModelInputError) as error:
+        pipe(video.astype(np.float32), elevation, azimuth, torch.zeros(1, 1, 16), num_inference_steps=1)
+    assert error.value.reason == "bad_dtype"
+
+
+def test_temporal_decoder_sees_each_views_frames_in_order():
+    torch.manual_seed(0)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2)
+    codec = VAECodec(vae)
+    latents = torch.randn(1, 2, 3, 4, 4, 4)
+    grid = decode_grid(codec, latents)
+    assert grid.shape == (1, 2, 3, 3, 8, 8)
+    with torch.no_grad():
+        for v in range(2):
+            alone = vae.decode(latents[0, v] / vae.config.scaling_factor, num_frames=3).sample
+            torch.testing.assert_close(grid[0, v], alone)
+
+
+def test_encode_grid_keeps_the_grid_layout():
+    codec = tiny_vae_codec()
+    images = torch.rand(1, 2, 3, 3, 8, 8) * 2 - 1
+    latents = encode_grid(codec, images)
+    assert latents.shape == (1, 2, 3, 4, 4, 4)
+    torch.testing.assert_close(latents[0, 1, 2], codec.encode(images[0, 1, 2][None])[0])
+
+
+def test_pixel_codec_round_trip_is_exact_for_every_level():
+    levels = np.arange(256, dtype=np.uint8)
+    image = np.stack(np.meshgrid(levels, levels, indexing="ij") + [levels[::-1, None].repeat(256, 1)], axis=-1)
+    codec = PixelCodec()
+    back = to_uint8(codec.decode(codec.encode(to_model_range(image)[None]), num_frames=1))[0]
+    assert np.array_equal(back, image)
+
+
+def test_generated_part_maps_decode_to_the_nearest_colour_or_background():
+    palette = np.array([[200, 40, 40], [40, 200, 40]], dtype=np.uint8)
+    pixels = np.array([[[190, 50, 45], [0, 0, 0], [60, 170, 60], [30, 25, 20], [150, 110, 40]]], dtype=np.uint8)
+    assert decode_generated_parts(pixels, palette).tolist() == [[0, -1, 1, -1, 0]]
+    # With a limit, pipelines.colour's exact semantics: far from every colour is unknown.
+    assert decode_generated_parts(pixels, palette, limit=20.0).tolist() == [[0, -1, -1, -1, -1]]

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,10 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = RenderSpec(n_views=args.views, n_frames=args.frames, resolution=args.resolution, samples=args.samples,
                       threads=args.threads)
-    tick = time.perf_counter()
-    import bpy  # noqa: F401 - the warm worker's one start-up cost, counted against its first asset
-
-    startup = time.perf_counter() - tick
+    _, startup = _timed(lambda: __import__("bpy"))  # the warm worker's one start-up, charged to its first asset
     with tempfile.TemporaryDirectory(prefix="kp20k-bench-") as tmp:
         assets = _assets(Path(tmp), args.assets)
         clips = [[_first_clip(a)] for a in assets]
@@ -72,15 +72,17 @@ def main() -> None:
         warm = _warm(assets, clips, spec, startup)
         fresh = _fresh(assets, clips, spec)
         parts = _part_costs(assets, clips, spec)
+    warm_total, fresh_total = sum(warm, Cost(0, 0)), sum(fresh, Cost(0, 0))
     summary = {
         "settings": spec.model_dump(include={"n_views", "n_frames", "resolution", "samples", "denoise", "threads"}),
         "assets": len(assets),
-        "warm_s_per_asset": round(sum(warm) / len(warm), 3),
-        "fresh_s_per_asset": round(sum(fresh) / len(fresh), 3),
-        "speedup": round(sum(fresh) / sum(warm), 2),
-        "index_pass_extra": round(parts["index"] / parts["rgb"] - 1.0, 4),
-        "flat_pass_extra": round(parts["flat"] / parts["rgb"], 4),
-        "rgb_s_per_image": round(parts["rgb"] / parts["images"], 4),
+        "warm_s_per_asset": {"wall": round(warm_total.wall / len(warm), 3), "cpu": round(warm_total.cpu / len(warm), 3)},
+        "fresh_s_per_asset": {"wall": round(fresh_total.wall / len(fresh), 3), "cpu": round(fresh_total.cpu / len(fresh), 3)},
+        "speedup": {"wall": round(fresh_total.wall / warm_total.wall, 2), "cpu": round(fresh_total.cpu / warm_total.cpu, 2)},
+        "index_pass_extra_cpu": round(parts["index"].cpu / parts["rgb"].cpu - 1.0, 4),
+        "flat_pass_extra_cpu": round(parts["flat"].cpu / parts["rgb"].cpu, 4),
+        "rgb_cpu_s_per_image": round(parts["rgb"].cpu / parts["images"], 4),
+        "load_average": os.getloadavg()[0],
     }
     print(json.dumps(summary, indent=2))
 
@@ -106,62 +108,58 @@ def _first_clip(asset: AssetRef) -> str:
         return probe_asset(session, asset.local_path, asset.sha256).clips[0].name
 
 
-def _warm(assets: list[AssetRef], clips: list[list[str]], spec: RenderSpec, startup: float) -> list[float]:
+def _warm(assets: list[AssetRef], clips: list[list[str]], spec: RenderSpec, startup: Cost) -> list[Cost]:
     from pipelines.worker import AssetWorker
 
-    started = time.perf_counter()
-    worker = AssetWorker(spec, FilterRules())
-    startup += time.perf_counter() - started
+    worker, cost = _timed(lambda: AssetWorker(spec, FilterRules()))
     seconds = []
     for asset, clip in zip(assets, clips):
-        tick = time.perf_counter()
-        result = worker.process(asset, clip)
+        result, used = _timed(lambda: worker.process(asset, clip))
         assert result.samples, result.rejections
-        seconds.append(time.perf_counter() - tick)
-        print(f"warm   {asset.file_identifier:32s} {seconds[-1]:6.2f} s")
-    seconds[0] += startup
+        seconds.append(used)
+        print(f"warm   {asset.file_identifier:32s} {used.wall:6.2f} s wall {used.cpu:6.2f} s cpu")
+    seconds[0] = seconds[0] + startup + cost
     worker.close()
     return seconds
 
 
-def _fresh(assets: list[AssetRef], clips: list[list[str]], spec: RenderSpec) -> list[float]:
+def _fresh(assets: list[AssetRef], clips: list[list[str]], spec: RenderSpec) -> list[Cost]:
     seconds = []
     for asset, clip in zip(assets, clips):
         code = FRESH.format(repo=str(REPO), asset=asset.model_dump_json(), spec=spec.model_dump_json(), clips=clip)
-        tick = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-        seconds.append(time.perf_counter() - tick)
-        print(f"fresh  {asset.file_identifier:32s} {seconds[-1]:6.2f} s")
+        _, used = _timed(lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True))
+        seconds.append(used)
+        print(f"fresh  {asset.file_identifier:32s} {used.wall:6.2f} s wall {used.cpu:6.2f} s cpu")
     return seconds
 
 
-def _part_costs(assets: list[AssetRef], clips: list[list[str]], spec: RenderSpec) -> dict[str, float]:
-    """Seconds summed over assets for RGB only, RGB + Material Index, and the flat second pass."""
+def _part_costs(assets: list[AssetRef], clips: list[list[str]], spec: RenderSpec) -> dict[str, Cost | int]:
+    """Costs summed over assets for RGB only, RGB + Material Index, and the flat second pass."""
     import bpy
 
     from pipelines.blender.render import render_flat_part_ids, render_grid
     from pipelines.blender.session import BlenderSession
 
-    totals = {"rgb": 0.0, "index": 0.0, "flat": 0.0, "images": 0}
+    totals: dict = {"rgb": Cost(0, 0), "index": Cost(0, 0), "flat": Cost(0, 0), "images": 0}
     with BlenderSession(threads=spec.threads) as session, tempfile.TemporaryDirectory() as tmp:
         for asset, (clip,) in zip(assets, clips):
             session.load(asset.local_path)
             grid = render_grid(session, clip, spec, seed=0)
             layer = bpy.context.view_layer
-            index = rgb = float("inf")
+            index, rgb = [], []
             with session.capture():
                 for _ in range(ROUNDS):  # interleaved, best of each: other load on the machine hits both
                     layer.use_pass_material_index = True
-                    index = min(index, _timed(lambda: _rerender(grid, Path(tmp) / "cell.exr")))
+                    index.append(_timed(lambda: _rerender(grid, Path(tmp) / "cell.exr"))[1])
                     layer.use_pass_material_index = False
-                    rgb = min(rgb, _timed(lambda: _rerender(grid, Path(tmp) / "cell.exr")))
-            flat = min(_timed(lambda: render_flat_part_ids(session, grid)) for _ in range(ROUNDS))
-            totals["rgb"] += rgb
-            totals["index"] += index
-            totals["flat"] += flat
+                    rgb.append(_timed(lambda: _rerender(grid, Path(tmp) / "cell.exr"))[1])
+            flat = [_timed(lambda: render_flat_part_ids(session, grid))[1] for _ in range(ROUNDS)]
+            best = {"rgb": Cost.best(rgb), "index": Cost.best(index), "flat": Cost.best(flat)}
+            for key, cost in best.items():
+                totals[key] = totals[key] + cost
             totals["images"] += grid.n_renders
-            print(f"parts  {asset.file_identifier:32s} rgb {rgb:6.2f} s  +index {index - rgb:+6.3f} s  "
-                  f"flat pass {flat:6.3f} s")
+            print(f"parts  {asset.file_identifier:32s} cpu: rgb {best['rgb'].cpu:6.2f} s  "
+                  f"+index {best['index'].cpu - best['rgb'].cpu:+6.3f} s  flat pass {best['flat'].cpu:6.3f} s")
     return totals
 
 
@@ -186,10 +184,30 @@ def _rerender(grid, output: Path) -> None:
             bpy.ops.render.render(write_still=True)
 
 
-def _timed(run) -> float:
-    tick = time.perf_counter()
-    run()
-    return time.perf_counter() - tick
+@dataclass(frozen=True)
+class Cost:
+    """Wall seconds, and CPU seconds of this process and its children (steadier on a shared machine)."""
+
+    wall: float
+    cpu: float
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.wall + other.wall, self.cpu + other.cpu)
+
+    @staticmethod
+    def best(costs: list["Cost"]) -> "Cost":
+        return Cost(min(c.wall for c in costs), min(c.cpu for c in costs))
+
+
+def _cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(run):
+    wall, cpu = time.perf_counter(), _cpu()
+    value = run()
+    return value, Cost(time.perf_counter() - wall, _cpu() - cpu)
 
 
 if __name__ == "__main__":

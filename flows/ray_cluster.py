@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
 # Ray's sockets live under the temp dir and Unix socket paths are limited to ~107 bytes: keep it short.
 LOCAL_TEMP_DIR = Path(tempfile.gettempdir()) / "kp20k-ray"
@@ -67,6 +68,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
                 runtime_env={"env_vars": WORKER_ENV},
             )
         else:
+            # Ray 2.60 heads start with token auth on; a driver whose RAY_AUTH_MODE is unset sends no
+            # token unless told that one is there (~/.ray/auth_token or RAY_AUTH_TOKEN).
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
             ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": WORKER_ENV})
     except ray.exceptions.AuthenticationError as exc:
         raise ClusterError("ray_auth_failed", f"{address}: {exc} (is ~/.ray/auth_token or RAY_AUTH_TOKEN the cluster's token?)") from exc

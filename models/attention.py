@@ -19,6 +19,8 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import AlphaBlender
 from torch import nn
 
+from models.errors import ModelInputError
+
 Grid = tuple[int, int, int]  # (batch, views, frames)
 
 # SVD's initial mix factor: alpha = sigmoid(0.5) ~ 0.62 keeps most of the input at the start.
@@ -40,7 +42,7 @@ class MultiViewTransformer(nn.Module):
     ):
         super().__init__()
         if channels % num_attention_heads:
-            raise ValueError(f"{channels} channels do not split into {num_attention_heads} heads")
+            raise ModelInputError("bad_config", f"{channels} channels do not split into {num_attention_heads} heads")
         head_dim = channels // num_attention_heads
         self.norm = nn.GroupNorm(num_groups=norm_num_groups, num_channels=channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, channels)

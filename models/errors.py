@@ -6,8 +6,8 @@ from __future__ import annotations
 class ModelInputError(ValueError):
     """Bad input to the model, a loss or a loader.
 
-    ``reason`` is one of: ``bad_shape``, ``bad_dtype``, ``missing_field``, ``weights_not_found``,
-    ``bad_weights``, ``missing_palette``.
+    ``reason`` is one of: ``bad_shape``, ``bad_dtype``, ``bad_config``, ``missing_field``,
+    ``weights_not_found``, ``bad_weights``, ``missing_palette``.
     """
 
     def __init__(self, reason: str, detail: str):

@@ -92,7 +92,7 @@ class SP4DModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
         features at that layer, for the contrastive part loss.
         """
         if feature_layer is not None and feature_layer not in self.layer_names:
-            raise ModelInputError("bad_shape", f"unknown feature layer {feature_layer!r}; choose from {self.layer_names}")
+            raise ModelInputError("bad_config", f"unknown feature layer {feature_layer!r}; choose from {self.layer_names}")
         conditioning = (timestep, cond_latents, encoder_hidden_states, elevation, azimuth)
         rgb_stream = self.rgb_branch.iter_layers(rgb_sample, *conditioning)
         part_stream = self.part_branch.iter_layers(part_sample, *conditioning)

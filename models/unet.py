@@ -11,7 +11,8 @@ Inputs:
   give ``in_channels = 8``;
 - ``timestep``: the noise level embedding input (EDM ``c_noise``), a scalar or ``[B]``;
 - ``encoder_hidden_states``: image embeddings ``[B, S, D]`` for cross-attention (CLIP: ``S = 1``);
-- ``elevation``, ``azimuth``: camera angles in degrees, ``[B, V]`` (fixed per view) or ``[B, V, F]``;
+- ``elevation``, ``azimuth``: camera angles in radians (as SV3D/SV4D and :mod:`pipelines.dataset`),
+  ``[B, V]`` (fixed per view) or ``[B, V, F]``;
   their sinusoidal embeddings, through ``add_embedding``, are added to the timestep embedding.
 
 Module names follow diffusers' ``UNetSpatioTemporalConditionModel`` (``conv_in``, ``down_blocks.i.resnets.j``,
@@ -90,7 +91,9 @@ class MultiViewUNet(AlignedLoadingMixin, ModelMixin, ConfigMixin):
         super().__init__()
         n_levels = len(block_out_channels)
         if not len(attention_levels) == len(num_attention_heads) == n_levels:
-            raise ValueError("block_out_channels, attention_levels and num_attention_heads need one entry per level")
+            raise ModelInputError(
+                "bad_config", "block_out_channels, attention_levels and num_attention_heads need one entry per level"
+            )
         time_embed_dim = block_out_channels[0] * 4
 
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)

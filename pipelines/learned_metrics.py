@@ -20,6 +20,7 @@ key. The files and the calling convention each expects:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -103,7 +104,7 @@ def _guarded(net: torch.jit.ScriptModule | str, compute: Callable[[torch.jit.Scr
         value = float(compute(net))
     except _NotComputed as exc:
         return not_computed(str(exc))
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, torch.jit.Error) as exc:
         return not_computed(f"the network failed on these inputs: {str(exc).splitlines()[0]}")
     return value if np.isfinite(value) else not_computed(f"non-finite value {value}")
 
@@ -127,7 +128,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets [N, D]."""
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(np.atleast_2d(cov_a) @ np.atleast_2d(cov_b), disp=False)
+    with warnings.catch_warnings():
+        # Fewer videos than feature dimensions make the product singular; its root is still the usual estimate.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(np.atleast_2d(cov_a) @ np.atleast_2d(cov_b))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root.real))
 
 

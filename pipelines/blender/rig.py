@@ -102,7 +102,9 @@ def _skeleton(clip: Clip) -> scene.Skeleton:
     nodes = [id_ for id_, _ in clip.targets if isinstance(id_, bpy.types.Object)]
     if not nodes:
         raise RenderError(RejectReason.no_armature, f"no armature, and clip {clip.name!r} moves no object")
-    return scene.skeleton_from_nodes(nodes)
+    moving = scene.skeleton_from_nodes(nodes)
+    static = any(scene.attachment(o, moving) is None for o in scene.renderable_meshes())
+    return scene.skeleton_from_nodes(nodes, static_root=True) if static else moving
 
 
 def _rig_meshes(skeleton: scene.Skeleton) -> tuple[list[bpy.types.Object], list[np.ndarray]]:

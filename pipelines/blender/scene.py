@@ -45,13 +45,13 @@ class Skeleton:
     names: list[str]
     parents: list[int]
     armature: bpy.types.Object | None
-    nodes: list[bpy.types.Object]
+    nodes: list[bpy.types.Object | None]  # pseudo-bones only; None is the static world root
     local_points: np.ndarray  # [B, 3, 4] homogeneous
 
     def world_matrices(self) -> np.ndarray:
         """[B, 4, 4] world matrices of the bones at the current frame."""
         if self.armature is None:
-            return np.array([np.array(n.matrix_world) for n in self.nodes])
+            return np.array([np.eye(4) if n is None else np.array(n.matrix_world) for n in self.nodes])
         arm_world = np.array(self.armature.matrix_world)
         pose = self.armature.pose.bones
         return np.array([arm_world @ np.array(pose[name].matrix) for name in self.names])
@@ -84,29 +84,36 @@ def skeleton_from_armature(armature: bpy.types.Object) -> Skeleton:
     )
 
 
-def skeleton_from_nodes(nodes: list[bpy.types.Object]) -> Skeleton:
-    """Pseudo-bones: the animated object nodes, parented by their nearest animated ancestor."""
+STATIC_ROOT = "__static__"
+
+
+def skeleton_from_nodes(nodes: list[bpy.types.Object], static_root: bool = False) -> Skeleton:
+    """Pseudo-bones: the animated object nodes, parented by their nearest animated ancestor. With
+    ``static_root``, a first pseudo-bone stands for the world (``nodes`` entry None): the parent of
+    the animated roots and the bone of meshes that hang from no animated node."""
     by_pointer = {n.as_pointer(): n for n in nodes}
-    roots = [n for n in nodes if _animated_ancestor(n, by_pointer) is None]
-    order: list[bpy.types.Object] = []
-    stack = list(reversed(sorted(roots, key=lambda n: n.name)))
+    order: list[bpy.types.Object | None] = [None] if static_root else []
+    stack = sorted((n for n in nodes if _animated_ancestor(n, by_pointer) is None), key=lambda n: n.name, reverse=True)
     while stack:
         node = stack.pop()
         order.append(node)
         children = [n for n in nodes if _animated_ancestor(n, by_pointer) == node]
-        stack.extend(reversed(sorted(children, key=lambda n: n.name)))
-    index = {n.as_pointer(): i for i, n in enumerate(order)}
+        stack.extend(sorted(children, key=lambda n: n.name, reverse=True))
+    index = {n.as_pointer(): i for i, n in enumerate(order) if n is not None}
     points = np.zeros((len(order), 3, 4))
     points[..., 3] = 1.0
+    parents = []
     for i, node in enumerate(order):
+        if node is None:
+            parents.append(-1)
+            continue
         size = max(float(np.linalg.norm(np.ptp(np.array(node.bound_box), axis=0))), 1e-6)
         points[i, 1, 0] = size
         points[i, 2, 1] = size
-    parents = []
-    for node in order:
         ancestor = _animated_ancestor(node, by_pointer)
-        parents.append(index[ancestor.as_pointer()] if ancestor is not None else -1)
-    return Skeleton([n.name for n in order], parents, None, order, points)
+        parents.append(index[ancestor.as_pointer()] if ancestor is not None else (0 if static_root else -1))
+    names = [STATIC_ROOT if n is None else n.name for n in order]
+    return Skeleton(names, parents, None, order, points)
 
 
 def _animated_ancestor(obj: bpy.types.Object, nodes: dict[int, bpy.types.Object]) -> bpy.types.Object | None:
@@ -161,16 +168,17 @@ def skin_weights(obj: bpy.types.Object, groups: dict[int, int]) -> tuple[np.ndar
 
 def attachment(obj: bpy.types.Object, skeleton: Skeleton) -> int | None:
     """The bone an object follows rigidly: its nearest bone parent, the skeleton's first root when it
-    hangs under the armature object, or for pseudo-bones its nearest animated ancestor-or-self."""
+    hangs under the armature object, or for pseudo-bones its nearest animated ancestor-or-self (else
+    the static root, when the skeleton has one)."""
     names = {n: i for i, n in enumerate(skeleton.names)}
     if skeleton.armature is None:
-        nodes = {n.as_pointer(): i for i, n in enumerate(skeleton.nodes)}
+        nodes = {n.as_pointer(): i for i, n in enumerate(skeleton.nodes) if n is not None}
         node: bpy.types.Object | None = obj
         while node is not None:
             if node.as_pointer() in nodes:
                 return nodes[node.as_pointer()]
             node = node.parent
-        return None
+        return 0 if skeleton.names[:1] == [STATIC_ROOT] else None
     node = obj
     while node.parent is not None:
         if node.parent == skeleton.armature:

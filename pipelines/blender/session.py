@@ -103,8 +103,10 @@ class BlenderSession:
         """Reset, then import one asset file. Raises :class:`AssetLoadError` with a reason code."""
         path = Path(path)
         suffix = path.suffix.lower()
-        if not path.is_file():
+        if not path.exists():
             raise AssetLoadError(RejectReason.file_missing, f"no file at {path}")
+        if not path.is_file():  # a FIFO or device would block the importer forever: never open it
+            raise AssetLoadError(RejectReason.file_missing, f"{path} is not a regular file")
         if path.stat().st_size == 0:
             raise AssetLoadError(RejectReason.empty_file, f"{path} has zero bytes")
         if suffix in _REMOVED_IMPORTERS:

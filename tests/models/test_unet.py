@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -99,7 +101,7 @@ def test_camera_of_one_view_conditions_that_view():
     unet = tiny_unet(view_attention=False, frame_attention=False)
     inputs = random_inputs(views=2, frames=2)
     before = run(unet, inputs)
-    inputs["azimuth"][0, 1] += 45.0
+    inputs["azimuth"][0, 1] += math.pi / 4
     after = run(unet, inputs)
     assert torch.equal(after[:, 0], before[:, 0])
     assert not torch.allclose(after[:, 1], before[:, 1])

@@ -257,3 +257,38 @@ def test_pixel_centres_inside_the_silhouette_lie_within_the_projected_vertices(r
             centres_high = np.array([cols.max(), rows.max()]) + 0.5
             worst = max(worst, *(low - centres_low), *(centres_high - high))
     assert worst <= 0.01
+
+
+def _rigid_lamp(path: Path) -> Path:
+    """No armature, no skin: a static base, an arm node swinging on it and a head node nodding on the
+    arm, each with its own mesh."""
+    from pipelines.sources.gltf_writer import Channel, GlbBuilder
+    from pipelines.sources.rig_geometry import Tube, tube_mesh
+
+    builder = GlbBuilder()
+    material = builder.add_material("grey", (0.6, 0.6, 0.6, 1.0))
+
+    def rod(name: str, length: float, radius: float) -> int:
+        tube = tube_mesh(Tube(np.array([[0, 0, 0], [0, length, 0]]), (0,), (radius, radius)))
+        return builder.add_mesh(name, tube.positions, tube.triangles, tube.normals, material=material)
+
+    base = builder.add_node("base", mesh=rod("base", 0.3, 0.25))
+    arm = builder.add_node("arm", parent=base, translation=(0, 0.3, 0), mesh=rod("arm", 0.8, 0.06))
+    head = builder.add_node("head", parent=arm, translation=(0, 0.8, 0), mesh=rod("head", 0.3, 0.12))
+    times = np.linspace(0.0, 2.0, 25)
+    half = np.radians(50.0) * np.sin(np.pi * times) / 2
+    about_z = np.column_stack([np.zeros((25, 2)), np.sin(half), np.cos(half)])
+    about_x = np.column_stack([np.sin(half), np.zeros((25, 2)), np.cos(half)])
+    builder.add_animation("nod", [Channel(arm, "rotation", times, about_z), Channel(head, "rotation", times, about_x)])
+    path.write_bytes(builder.to_bytes())
+    return path
+
+
+def test_a_rigid_object_without_armature_is_one_part_per_animated_node(session: BlenderSession, tmp_path: Path) -> None:
+    session.load(_rigid_lamp(tmp_path / "lamp.glb"))
+    spec = RenderSpec(n_views=2, n_frames=2, resolution=48, motion_threshold=0.1, elevation_deg=20.0, **SMALL)
+    grid = render_grid(session, "nod", spec, seed=0)
+    assert grid.part_map.part_names == ["__static__", "arm", "head"]
+    assert grid.part_map.bone_to_part == {"__static__": 0, "arm": 1, "head": 2}
+    assert set(np.unique(grid.part_ids).tolist()) == {-1, 0, 1, 2}
+    assert (grid.part_ids[:, 0] != grid.part_ids[:, 1]).mean() > 0.005

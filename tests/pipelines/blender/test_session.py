@@ -20,6 +20,7 @@ from tests import factories
     ("make", "reason"),
     [
         (lambda d: d / "missing.glb", RejectReason.file_missing),
+        (factories.hanging_asset, RejectReason.file_missing),
         (factories.zero_bytes, RejectReason.empty_file),
         (factories.random_bytes, RejectReason.import_error),
         (factories.truncated_glb, RejectReason.import_error),
@@ -28,7 +29,7 @@ from tests import factories
         (lambda d: factories.random_bytes(d, name="model.dae"), RejectReason.unsupported_file_type),
         (lambda d: factories.random_bytes(d, name="model.obj"), RejectReason.unsupported_file_type),
     ],
-    ids=["missing", "zero-bytes", "random-glb", "truncated-glb", "random-fbx", "random-blend", "dae", "obj"],
+    ids=["missing", "fifo", "zero-bytes", "random-glb", "truncated-glb", "random-fbx", "random-blend", "dae", "obj"],
 )
 def test_bad_files_raise_typed_errors(session: BlenderSession, tmp_path: Path, make, reason: RejectReason) -> None:
     with pytest.raises(AssetLoadError) as caught:

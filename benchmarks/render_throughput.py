@@ -166,22 +166,13 @@ def _part_costs(assets: list[AssetRef], clips: list[list[str]], spec: RenderSpec
 def _rerender(grid, output: Path) -> None:
     """The worker's render loop over the grid's cells, on the scene render_grid left set up."""
     import bpy
-    import mathutils
     import numpy as np
 
-    from pipelines.blender import scene
-    from pipelines.blender.cameras import blender_matrix_world
-    from pipelines.blender.render import CAMERA_NAME
+    from pipelines.blender.render import each_cell
 
-    camera = bpy.data.objects[CAMERA_NAME]
     bpy.context.scene.render.filepath = str(output)
-    for frame in grid.frame_times:
-        scene.set_frame(frame)
-        for cam in grid.cameras:
-            camera.matrix_world = mathutils.Matrix(
-                blender_matrix_world(cam, grid.normalisation_scale, np.asarray(grid.normalisation_offset))
-            )
-            bpy.ops.render.render(write_still=True)
+    for _ in each_cell(grid.cameras, grid.frame_times, grid.normalisation_scale, np.asarray(grid.normalisation_offset)):
+        bpy.ops.render.render(write_still=True)
 
 
 @dataclass(frozen=True)

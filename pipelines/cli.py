@@ -67,9 +67,9 @@ def _add_render(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
         "render",
         help="render one clip of an asset into a folder of PNGs and a contact sheet",
         description="Render one clip of ASSET on the view x frame grid and write OUT/: rgb/, parts/ and "
-        "alpha/ (v{view}_f{frame}.png), contact_sheet.png (an RGB row and a part row per view) and "
-        "sample.json (cameras, palette, bone-to-part map, frame times, normalisation, config). The "
-        "folder appears only once complete.",
+        "alpha/ (v{view}_f{frame}.png), contact_sheet.png (an RGB row and a part row per view), "
+        "sample.json (cameras, palette, bone-to-part map, frame times, normalisation, config) and "
+        "blender.log (everything Blender printed). The folder appears only once complete.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     render.add_argument("asset", type=Path, metavar="ASSET", help=".glb, .gltf, .fbx or .blend file")
@@ -95,7 +95,7 @@ def _add_render(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
         help="frame stride grows until consecutive frames differ by this fraction of the object's size",
     )
     render.add_argument("--seed", type=int, default=defaults.seed, help="render seed")
-    render.add_argument("--threads", type=int, default=defaults.threads, help="Cycles threads (0: all cores)")
+    render.add_argument("--threads", type=int, default=0, help="Cycles threads (0: all cores)")
     render.set_defaults(handler=_render)
 
 
@@ -146,8 +146,9 @@ def _render(args: argparse.Namespace) -> int:
                 grid = render_grid(session, clip, spec, object_seed(spec, sha256), progress)
             except (BlenderStageError, PartsError) as exc:
                 print(f"kp20k: cannot render {args.asset} clip {clip!r}: {exc.reason.value}: {exc.detail}", file=sys.stderr)
+                print(f"kp20k: Blender's output ends with:\n{session.log_tail()}", file=sys.stderr)
                 return 1
-    _write_folder(args.out, args.asset, sha256, spec, grid)
+        _write_folder(args.out, args.asset, sha256, spec, grid, session.log_path)
     print(f"wrote {args.out} ({grid.n_renders} images, {grid.part_map.n_parts} parts, {grid.timings['total']:.1f} s)")
     return 0
 
@@ -172,7 +173,7 @@ def _spec(args: argparse.Namespace):
     )
 
 
-def _write_folder(out: Path, asset: Path, sha256: str, spec, grid) -> None:
+def _write_folder(out: Path, asset: Path, sha256: str, spec, grid, log: Path) -> None:
     """Write into a sibling staging folder, then swap it in: a crash never leaves a folder that looks done."""
     from PIL import Image
 
@@ -204,6 +205,7 @@ def _write_folder(out: Path, asset: Path, sha256: str, spec, grid) -> None:
         "timings": grid.timings,
     }
     (staging / "sample.json").write_text(json.dumps(record, indent=2))
+    shutil.copyfile(log, staging / "blender.log")
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

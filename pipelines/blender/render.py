@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import bpy
 import mathutils
@@ -30,10 +30,10 @@ from pipelines.blender.cameras import blender_matrix_world, fit_distance, orbit_
 from pipelines.blender.errors import RenderError
 from pipelines.blender.exr import read_exr
 from pipelines.blender.materials import assign_part_materials, face_parts, flat_part_material
-from pipelines.blender.rig import extract_rig
+from pipelines.blender.rig import SceneRig, extract_rig
 from pipelines.blender.session import BlenderSession
 from pipelines.colour import decode_part_image, encode_part_image
-from pipelines.parts import PartsError, build_part_map
+from pipelines.parts import build_part_map
 from schemas.assets import RejectReason
 from schemas.parts import PartMap
 from schemas.render import Camera, RenderSpec
@@ -105,31 +105,12 @@ def render_grid(
         if spec.frame_fill is not None:
             distance = fit_distance(rig.frame_positions, spec.n_views, elevation, spec.fov_deg, spec.frame_fill)
         cameras = orbit_cameras(spec.n_views, elevation, distance, spec.fov_deg, spec.resolution)
-        camera = _setup_scene(spec, session.threads, rig.scale, distance)
+        _setup_scene(spec, session.threads, rig.scale, distance)
         timings["prepare"] = time.perf_counter() - started
-
-        shape = (spec.n_views, len(rig.frames), spec.resolution, spec.resolution)
-        rgb = np.zeros(shape + (3,), np.uint8)
-        part_ids = np.full(shape, -1, np.int16)
-        render_seconds = read_seconds = 0.0
-        with tempfile.TemporaryDirectory(prefix="kp20k-render-") as tmp:
-            output = Path(tmp) / "cell.exr"
-            bpy.context.scene.render.filepath = str(output)
-            for f, frame in enumerate(rig.frames):
-                scene.set_frame(frame)
-                for v, cam in enumerate(cameras):
-                    camera.matrix_world = mathutils.Matrix(blender_matrix_world(cam, rig.scale, rig.offset))
-                    tick = time.perf_counter()
-                    _render_still()
-                    tock = time.perf_counter()
-                    rgb[v, f], part_ids[v, f] = _decode_cell(read_exr(output))
-                    render_seconds += tock - tick
-                    read_seconds += time.perf_counter() - tock
-                    if progress is not None:
-                        progress(f * spec.n_views + v + 1, spec.n_views * len(rig.frames))
+        rgb, part_ids, seconds = _render_cells(cameras, rig, spec.resolution, progress)
     if part_ids.max() >= part_map.n_parts:
         raise RenderError(RejectReason.render_failed, f"part id {int(part_ids.max())} beyond {part_map.n_parts} parts")
-    timings.update(render=render_seconds, read=read_seconds, total=time.perf_counter() - started)
+    timings.update(seconds, total=time.perf_counter() - started)
     return RenderedGrid(
         clip=clip,
         fps=chosen.fps,
@@ -144,6 +125,39 @@ def render_grid(
         normalisation_offset=[float(x) for x in rig.offset],
         timings=timings,
     )
+
+
+def each_cell(cameras: list[Camera], frames: list[float], scale: float, offset: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Put the scene at each grid cell in turn, frames outermost (a view change then re-syncs only
+    the camera), and yield (view, frame index)."""
+    camera = bpy.data.objects[CAMERA_NAME]
+    for f, frame in enumerate(frames):
+        scene.set_frame(frame)
+        for v, cam in enumerate(cameras):
+            camera.matrix_world = mathutils.Matrix(blender_matrix_world(cam, scale, offset))
+            yield v, f
+
+
+def _render_cells(
+    cameras: list[Camera], rig: SceneRig, resolution: int, progress: Progress | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    shape = (len(cameras), len(rig.frames), resolution, resolution)
+    rgb = np.zeros(shape + (3,), np.uint8)
+    part_ids = np.full(shape, -1, np.int16)
+    seconds = {"render": 0.0, "read": 0.0}
+    with tempfile.TemporaryDirectory(prefix="kp20k-render-") as tmp:
+        output = Path(tmp) / "cell.exr"
+        bpy.context.scene.render.filepath = str(output)
+        for done, (v, f) in enumerate(each_cell(cameras, rig.frames, rig.scale, rig.offset), start=1):
+            tick = time.perf_counter()
+            _render_still()
+            tock = time.perf_counter()
+            rgb[v, f], part_ids[v, f] = _decode_cell(read_exr(output))
+            seconds["render"] += tock - tick
+            seconds["read"] += time.perf_counter() - tock
+            if progress is not None:
+                progress(done, len(cameras) * len(rig.frames))
+    return rgb, part_ids, seconds
 
 
 def render_flat_part_ids(session: BlenderSession, grid: RenderedGrid) -> np.ndarray:
@@ -174,19 +188,15 @@ def render_flat_part_ids(session: BlenderSession, grid: RenderedGrid) -> np.ndar
         settings.file_format = "PNG"
         settings.color_mode = "RGBA"
         settings.color_depth = "8"
-        camera = bpy.data.objects[CAMERA_NAME]
-        offset = np.asarray(grid.normalisation_offset)
         ids = np.full(grid.part_ids.shape, -1, np.int16)
+        offset = np.asarray(grid.normalisation_offset)
         with tempfile.TemporaryDirectory(prefix="kp20k-flat-") as tmp:
             output = Path(tmp) / "cell.png"
             sc.render.filepath = str(output)
-            for f, frame in enumerate(grid.frame_times):
-                scene.set_frame(frame)
-                for v, cam in enumerate(grid.cameras):
-                    camera.matrix_world = mathutils.Matrix(blender_matrix_world(cam, grid.normalisation_scale, offset))
-                    _render_still()
-                    rgba = np.asarray(Image.open(output).convert("RGBA"))
-                    ids[v, f] = decode_part_image(rgba[..., :3], palette, alpha=rgba[..., 3])
+            for v, f in each_cell(grid.cameras, grid.frame_times, grid.normalisation_scale, offset):
+                _render_still()
+                rgba = np.asarray(Image.open(output).convert("RGBA"))
+                ids[v, f] = decode_part_image(rgba[..., :3], palette, alpha=rgba[..., 3])
     return ids
 
 
@@ -223,7 +233,7 @@ def _hide_everything_but(meshes: list[bpy.types.Object]) -> None:
             obj.hide_render = True
 
 
-def _setup_scene(spec: RenderSpec, threads: int, scale: float, distance: float) -> bpy.types.Object:
+def _setup_scene(spec: RenderSpec, threads: int, scale: float, distance: float) -> None:
     sc = bpy.context.scene
     render = sc.render
     render.engine = "CYCLES"
@@ -278,7 +288,6 @@ def _setup_scene(spec: RenderSpec, threads: int, scale: float, distance: float) 
     camera.data.clip_end = (distance + 2.0) / scale
     sc.collection.objects.link(camera)
     sc.camera = camera
-    return camera
 
 
 def _enable_gpu() -> None:

@@ -35,13 +35,15 @@ class BlenderSession:
     """A warm ``bpy`` with scripts in assets disabled.
 
     ``threads`` is the number of CPU threads Cycles may use in this process (0: every core).
-    ``log_path`` receives everything Blender prints; by default a new temporary file.
+    ``log_path`` receives everything Blender prints (appended); by default a temporary file that
+    :meth:`close` deletes.
     """
 
     def __init__(self, threads: int = 1, log_path: str | Path | None = None) -> None:
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
         self.threads = threads
+        self._owns_log = log_path is None
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="kp20k-blender-", suffix=".log")
             os.close(fd)
@@ -131,10 +133,13 @@ class BlenderSession:
             raise AssetLoadError(RejectReason.import_error, "the file imported no objects")
 
     def close(self) -> None:
+        """Close the log; a temporary log (no ``log_path`` given) is deleted with it."""
         if self._log_fd >= 0:
             self._log_text.close()
             os.close(self._log_fd)
             self._log_fd = -1
+            if self._owns_log:
+                self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "BlenderSession":
         return self

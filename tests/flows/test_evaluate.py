@@ -69,6 +69,6 @@ def test_a_folder_without_checkpoints_fails_with_a_reason(tmp_path):
     assert state.is_failed() and "checkpoint_not_found" in state.message
 
 
-def test_an_empty_split_fails_with_a_reason(run_dir):
+def test_a_version_without_samples_fails_with_a_reason(run_dir):
     state = evaluate_sp4d(checkpoint=str(run_dir), config={"split": "val", "version": 1}, return_state=True)
     assert state.is_failed() and "no_samples" in state.message

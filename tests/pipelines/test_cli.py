@@ -50,6 +50,7 @@ def test_render_writes_a_folder_to_look_at(shared_gltf: Path, tmp_path: Path, ca
     assert sheet.shape == (2 * 2 * 32, 2 * 32, 3)  # an RGB row and a part row per view
     rgb = np.asarray(Image.open(out / "rgb" / "v01_f00.png"))
     np.testing.assert_array_equal(sheet[64:96, :32], rgb)  # view 1: its RGB row, frame 0
+    assert "glTF import finished" in (out / "blender.log").read_text()
     assert not (tmp_path / "fox.partial").exists()
     assert "wrote" in capsys.readouterr().out
 
@@ -94,3 +95,13 @@ def test_other_packages_can_add_subcommands() -> None:
     parser = build_parser(register=[add_hello])
     assert main(["hello", "--times", "2"], parser) == 42
     assert "hello" in parser.format_help() and "render" in parser.format_help()
+
+
+def test_render_with_a_fixed_camera_distance(shared_gltf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "far"
+    args = ["render", str(shared_gltf / "RiggedSimple.glb"), "--out", str(out), "--distance", "3.0",
+            "--views", "1", "--frames", "1", "--resolution", "16", "--samples", "1"]
+    assert main(args) == 0
+    record = json.loads((out / "sample.json").read_text())
+    assert record["cameras"][0]["distance"] == 3.0
+    assert record["render_config"]["frame_fill"] is None

@@ -292,3 +292,11 @@ def test_a_rigid_object_without_armature_is_one_part_per_animated_node(session: 
     assert grid.part_map.bone_to_part == {"__static__": 0, "arm": 1, "head": 2}
     assert set(np.unique(grid.part_ids).tolist()) == {-1, 0, 1, 2}
     assert (grid.part_ids[:, 0] != grid.part_ids[:, 1]).mean() > 0.005
+
+
+def test_progress_is_reported_for_every_image(session: BlenderSession, shared_gltf: Path) -> None:
+    session.load(shared_gltf / "RiggedSimple.glb")
+    calls: list[tuple[int, int]] = []
+    spec = RenderSpec(n_views=2, n_frames=2, resolution=16, samples=1, threads=2)
+    render_grid(session, "Anim_0", spec, seed=0, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]

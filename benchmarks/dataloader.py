@@ -91,5 +91,50 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# ---------------------------------------------------------------------------------------------------
+# The tiny model's step rate (train-sp4d), printed beside the loader's figures.
+#
+# One optimiser step of the tiny SP4D model with both branches (phase 2, the costlier one), through
+# the training loop's own pieces (DiffusionTrainer, model_inputs). The model sees latents of an
+# 8x-downscaling VAE, as with a Stable Video Diffusion VAE and precomputed latents: stand-in latents
+# of that shape, since the step's cost does not depend on their values; cameras and part masks
+# (contrastive loss) come from the loader's batch.
+
+LATENT_DOWNSCALE = 8
+LATENT_CHANNELS = 4
+
+
+def tiny_model_step(threads: int | None = None) -> TrainStep:
+    import torch
+    import torch.nn.functional as F
+
+    from models.losses import DiffusionObjective
+    from models.sp4d import SP4DModel
+    from models.unet import MultiViewUNet
+    from pipelines.training import DiffusionTrainer, model_inputs, noise_generator
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = MultiViewUNet.tiny_config(in_channels=2 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS)
+    trainer = DiffusionTrainer(SP4DModel(branch_config=config), DiffusionObjective())
+    optimizer = torch.optim.AdamW(trainer.parameters(), lr=1e-4)
+    steps = iter(range(1 << 62))
+
+    def step(batch: dict[str, Any]) -> None:
+        images = batch["rgb"]  # [B, V, F, 3, H, W]
+        size = images.shape[-1] // LATENT_DOWNSCALE
+        latents = torch.randn(*images.shape[:3], LATENT_CHANNELS, size, size)
+        masks = F.interpolate(batch["part_ids"].flatten(0, 2)[:, None].float(), size=(size, size), mode="nearest")
+        inputs = model_inputs({**batch, "rgb_latents": latents, "part_latents": latents.clone()}, None, config["cross_attention_dim"])
+        inputs["part_masks"] = masks[:, 0].long().reshape(*images.shape[:3], size, size)
+        losses = trainer(inputs, rgb_only=False, generator=noise_generator(0, next(steps), 0, torch.device("cpu")))
+        losses["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
 if __name__ == "__main__":
-    run(parse())
+    arguments = parse()
+    run(arguments, train_step=tiny_model_step(threads=1))

@@ -37,7 +37,7 @@ from flows.artifacts import (
     publish_report,
 )
 from flows.ray_cluster import RayConnection, connect
-from flows.render_pool import Job, Outcome, RenderPool
+from flows.render_pool import Job, Outcome, PoolEvent, RenderPool
 from flows.report import BuildReport, RenderSummary, count_reasons
 from pipelines.fetch import FetchCache, FetchError, fetch
 from pipelines.prefilter import prefilter as apply_prefilter
@@ -137,21 +137,28 @@ def render_assets(assets: list[AssetRef], params: BuildParams) -> tuple[RenderSu
     logger = get_run_logger()
     started = time.monotonic()
     connection = connect(params.ray_address)
+    summary = RenderSummary(gcs_address=connection.gcs_address, ray_start_s=time.monotonic() - started)
+    rejections: list[Rejection] = []
+    sheet: list[SheetEntry] = []
     try:
-        size, cpus_per_worker = pool_shape(params, connection)
-        logger.info("rendering %d assets on %s with %d workers", len(assets), connection.gcs_address, size)
-        summary = RenderSummary(gcs_address=connection.gcs_address, pool_size=size)
-        rejections: list[Rejection] = []
-        sheet: list[SheetEntry] = []
+        summary.pool_size, cpus_per_worker = pool_shape(params, connection)
+        logger.info("rendering %d assets on %s with %d workers", len(assets), connection.gcs_address, summary.pool_size)
         progress = RenderProgress(total=len(assets))
         progress.start()
         shard = _Shard(params.lance_uri, summary)
+        pool_started = time.monotonic()
+
+        def first_worker(event: PoolEvent) -> None:
+            if event.kind == "worker_started" and not summary.first_worker_s:
+                summary.first_worker_s = time.monotonic() - pool_started
+
         pool = RenderPool(
             make_worker=_worker_factory(params.render, params.filters),
-            size=size,
+            size=summary.pool_size,
             recycle_after=params.recycle_after,
             asset_timeout_s=params.asset_timeout_s,
             cpus_per_worker=cpus_per_worker,
+            on_event=first_worker,
         )
         with pool:
             for outcome in pool.imap(Job(a) for a in assets):
@@ -168,7 +175,9 @@ def render_assets(assets: list[AssetRef], params: BuildParams) -> tuple[RenderSu
         summary.workers_started, summary.recycled = stats.workers_started, stats.recycled
         summary.timeouts, summary.crashes = stats.timeouts, stats.crashes
     finally:
+        stopping = time.monotonic()
         connection.close()
+        summary.ray_stop_s = time.monotonic() - stopping
     summary.seconds = time.monotonic() - started
     return summary, rejections, sheet
 

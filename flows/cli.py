@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -73,6 +74,9 @@ def run_build_command(args: argparse.Namespace) -> int:
     except (ParamsError, json.JSONDecodeError) as exc:
         print(f"kp20k build: {exc}", file=sys.stderr)
         return 2
+    # Prefect's ephemeral API migrates a fresh database first: on a busy 2-core machine that takes
+    # longer than its default 20 s start-up limit.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.artifacts import read_snippet
     from flows.build import build_kinematicparts20k  # Prefect and Ray load only for the flow commands
 

@@ -30,6 +30,9 @@ class RenderSummary(BaseModel):
     gcs_address: str = ""
     pool_size: int = 0
     seconds: float = 0.0
+    ray_start_s: float = Field(0.0, description="connecting to Ray (starting it, when local)")
+    first_worker_s: float = Field(0.0, description="until the first worker held a warm Blender")
+    ray_stop_s: float = 0.0
 
 
 class BuildReport(BaseModel):

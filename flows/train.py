@@ -38,7 +38,8 @@ from pydantic import ValidationError
 from pipelines.checkpoints import Checkpoint, DatasetPin, RunError, latest_checkpoint
 from pipelines.evaluation import preview
 from pipelines.latents import codec_id, load_codec, precompute_latents
-from pipelines.training import RunRecord, TrainHooks, TrainReport, locate_run, open_run, read_metrics, train
+from pipelines.training import TrainHooks, TrainReport, read_metrics, train
+from pipelines.training_runs import RunRecord, locate_run, open_run
 from pipelines.training_config import TrainConfig
 
 FLOW_NAME = "train-sp4d"

@@ -22,6 +22,7 @@ Module names follow diffusers' ``UNetSpatioTemporalConditionModel`` (``conv_in``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -291,8 +292,12 @@ class MultiViewUNet(AlignedLoadingMixin, ModelMixin, ConfigMixin):
         device = self.conv_in.weight.device
         t = torch.as_tensor(timestep, device=device, dtype=torch.float32).reshape(-1).expand(batch)
         t_emb = self.time_embedding(self.time_proj(t).to(dtype))  # [B, D]
-        cameras = torch.stack([_per_image(elevation, grid), _per_image(azimuth, grid)], dim=-1)  # [B, V, F, 2]
-        cam = self.add_time_proj(cameras.reshape(-1).to(device)).reshape(batch * views * frames, -1)
+        azimuth = torch.remainder(_per_image(azimuth, grid), 2 * math.pi)  # -90 deg is 270 deg
+        cameras = torch.stack([_per_image(elevation, grid), azimuth], dim=-1)  # [B, V, F, 2]
+        # Embedded in degrees: the sinusoids' periods (2 pi to 10000 units) then resolve a few degrees,
+        # where radians would leave all but the fastest few nearly constant.
+        cameras = torch.rad2deg(cameras.reshape(-1).to(device))
+        cam = self.add_time_proj(cameras).reshape(batch * views * frames, -1)
         cam_emb = self.add_embedding(cam.to(dtype))
         return t_emb.repeat_interleave(views * frames, dim=0) + cam_emb
 

@@ -5,6 +5,7 @@ real Blender workers, real Lance tables. One dataset is built, then refreshed in
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import signal
@@ -16,16 +17,17 @@ import numpy as np
 import pytest
 from PIL import Image
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
 from flows.build import build_kinematicparts20k
+from flows.cli import main
 from flows.report import BuildReport
 from pipelines.framepack import unpack
 from pipelines.sources.procedural import generate_assets
 from pipelines.store import DatasetStore
 from schemas.render import RenderSpec
 from schemas.samples import sample_key
-from tests.flows.conftest import TINY_RENDER
+from tests.flows.conftest import TINY_RENDER, wait_gone
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 
@@ -124,12 +126,18 @@ def test_artifacts_show_counts_reasons_progress_versions_and_the_contact_sheet(d
 def test_an_unchanged_refresh_opens_no_blender(dataset, first):
     report, _ = first
     before = dataset.store()
-    refresh, _ = dataset.build()
+    refresh, flow_run_id = dataset.build()
     assert refresh.already_decided == 4 and refresh.fetched == 0
     assert refresh.render.workers_started == 0 and refresh.render.processed_sha256 == []
     assert refresh.render.gcs_address == ""  # Ray was not even asked
     assert refresh.versions == report.versions  # no empty commits
     assert sample_rows(before) == sample_rows(dataset.store())
+    # The prefilter's cache is keyed on its inputs and code, not on the run: this run reused it.
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    states = {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
+    assert states["prefilter"] == "Cached"
+    assert "render" not in states
 
 
 def test_a_refresh_renders_exactly_the_two_new_assets(dataset, first):
@@ -212,6 +220,7 @@ def test_a_hung_and_a_crashed_worker_cost_one_asset_each_and_a_refresh_retries_t
         stop.set()
         watcher.join()
     assert [kind for kind, _ in faulted] == ["timeout", "crashed"]
+    assert all(wait_gone(pid) for _, pid in faulted)  # the frozen process was killed, not left behind
     assert (report.render.timeouts, report.render.crashes) == (1, 1)
     rejections = data.store().read("rejections", columns=["sha256", "stage", "reason"]).to_pylist()
     assert sorted((r["stage"], r["reason"]) for r in rejections) == [("pool", "crashed"), ("pool", "timeout")]
@@ -224,3 +233,30 @@ def test_a_hung_and_a_crashed_worker_cost_one_asset_each_and_a_refresh_retries_t
     assert set(retry.render.processed_sha256) == failed
     assert {r["sha256"] for r in sample_rows(data.store())} == {a.sha256 for a in assets}
     assert np.all([retry.render.timeouts == 0, retry.render.crashes == 0])
+
+
+def test_the_cli_prints_the_table_a_snippet_that_reads_it_and_the_contact_sheet(tmp_path, capsys):
+    lance = tmp_path / "cli.lance"
+    code = main([
+        "build", "--count", "2", "--folder", str(tmp_path / "generated"), "--lance", str(lance),
+        "--cache-dir", str(tmp_path / "cache"), "--views", "2", "--frames", "2", "--resolution", "32", "--samples", "2",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"Table: {lance}/samples.lance" in out
+    snippet = [line.strip() for line in out.split("Read it:\n")[1].split("Contact sheet:")[0].strip().splitlines()]
+    assert len(snippet) == 3
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec("\n".join(snippet), {})
+    ids = DatasetStore(str(lance)).existing_sample_ids()
+    assert ids and all(sample_id in printed.getvalue() for sample_id in ids)
+    sheet = Path(out.split("Contact sheet: ")[1].split()[0])
+    assert sheet == Path(str(lance)).with_name("cli.contact-sheet.png") and Image.open(sheet).format == "PNG"
+
+
+def test_the_cli_refuses_bad_parameters_with_exit_status_2(capsys):
+    assert main(["build", "--count", "0", "--resolution", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "source.count: Input should be greater than or equal to 1" in err
+    assert "render.resolution: Input should be greater than or equal to 16" in err

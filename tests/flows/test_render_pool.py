@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from functools import partial
-from pathlib import Path
 
 import pytest
 
@@ -22,30 +20,13 @@ from schemas.assets import AssetRef, RejectReason
 from schemas.filters import FilterRules
 from schemas.render import RenderSpec
 from tests.factories import hanging_asset
-from tests.flows.conftest import TINY_RENDER
+from tests.flows.conftest import TINY_RENDER, wait_gone
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def make_worker():
     return partial(AssetWorker, RenderSpec(**TINY_RENDER), FilterRules(), 1)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
-def wait_gone(pid: int, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not process_alive(pid):
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.fixture(scope="module")

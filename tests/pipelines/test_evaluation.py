@@ -30,7 +30,8 @@ from pipelines.evaluation import (
 )
 from pipelines.store import DatasetStore
 from pipelines.learned_metrics import LearnedMetrics, frechet_distance, grid_videos
-from pipelines.training import open_run, pin_dataset, train
+from pipelines.training import train
+from pipelines.training_runs import open_run, pin_dataset
 from tests.training_helpers import asset_sha, synthetic_store, tiny_config
 
 N_ASSETS = 4  # asset 2 is held out (split seed 0, val_fraction 0.25)

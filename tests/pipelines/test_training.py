@@ -19,24 +19,12 @@ from pipelines.checkpoints import (
     resolve_checkpoint,
     staging_path,
 )
-from pipelines.dataset import split_of
-from pipelines.store import StoreError
-from pipelines.training import (
-    EpochSampler,
-    TrainReport,
-    locate_run,
-    noise_generator,
-    open_run,
-    pin_dataset,
-    read_metrics,
-    state_digest,
-    train,
-)
+from pipelines.training import EpochSampler, TrainReport, noise_generator, read_metrics, state_digest, train
+from pipelines.training_runs import open_run, pin_dataset
 from pipelines.version import code_version
-from schemas.render import RenderSpec
-from tests.training_helpers import SYNTHETIC_SPEC, asset_sha, synthetic_store, tiny_config
+from tests.training_helpers import synthetic_store, tiny_config
 
-N_ASSETS = 4  # split seed 0, val_fraction 0.25: assets 0, 1, 3 train, asset 2 held out
+N_ASSETS = 4  # split seed 0, val_fraction 0.25: assets 0, 1, 3 train (asset 2 held out)
 
 
 @pytest.fixture(autouse=True)
@@ -73,13 +61,6 @@ def uninterrupted(tmp_path_factory, lance) -> tuple[Path, TrainReport]:
     """Six steps with gradient accumulation 2 over 3 training items: steps straddle epoch ends."""
     run_dir = tmp_path_factory.mktemp("uninterrupted")
     return run_dir, start(run_dir, lance, gradient_accumulation_steps=2)
-
-
-def test_the_pin_splits_by_asset_and_records_the_version(lance):
-    pin = pin_dataset(lance, None, None, tiny_config())
-    expected = [split_of(asset_sha(i), 0.25, 0) for i in range(N_ASSETS)]
-    assert (pin.n_train, pin.n_val) == (expected.count("train"), expected.count("val")) == (3, 1)
-    assert pin.version >= 1 and pin.config_hash == SYNTHETIC_SPEC.config_hash() and pin.vae_id == "pixel"
 
 
 def test_checkpoints_are_named_by_step_with_their_record_beside(uninterrupted):
@@ -155,67 +136,6 @@ def test_keep_checkpoints_prunes_the_oldest(tmp_path, lance):
     ]
 
 
-def test_a_restart_must_match_the_recorded_run(tmp_path, lance):
-    config = tiny_config()
-    pin = pin_dataset(lance, None, None, config)
-    open_run(tmp_path, pin, config)
-    assert open_run(tmp_path, pin, tiny_config(max_steps=50)).config.max_steps == 50  # the budget may grow
-    with pytest.raises(RunError) as error:
-        open_run(tmp_path, pin, tiny_config(learning_rate=1e-3))
-    assert error.value.reason == "config_mismatch" and "learning_rate" in str(error.value)
-    with pytest.raises(RunError) as error:
-        open_run(tmp_path, pin.model_copy(update={"version": pin.version + 1}), config)
-    assert error.value.reason == "dataset_mismatch"
-
-
-def test_an_unnamed_run_is_found_again_and_a_named_run_keeps_its_pin(tmp_path, lance):
-    config = tiny_config()
-    run_dir, pin, recorded = locate_run(tmp_path, None, lance, None, None, config)
-    assert run_dir.name == f"samples-v{pin.version}-{pin.config_hash[:8]}" and recorded is None
-    open_run(run_dir, pin, config)
-    again, _, recorded = locate_run(tmp_path, None, lance, None, None, config)
-    assert again == run_dir and recorded.dataset == pin
-
-
-def test_one_trainer_per_run_folder(tmp_path):
-    with RunLock(tmp_path):
-        with pytest.raises(RunError) as error, RunLock(tmp_path):
-            pass
-    assert error.value.reason == "run_locked"
-    with RunLock(tmp_path):  # released on exit
-        pass
-
-
-@pytest.mark.parametrize(
-    ("version", "config_hash", "reason"),
-    [(999, None, "version_not_found"), (None, "0" * 16, "config_not_found")],
-)
-def test_bad_dataset_requests_fail_with_a_reason(lance, version, config_hash, reason):
-    with pytest.raises(StoreError) as error:
-        pin_dataset(lance, version, config_hash, tiny_config())
-    assert error.value.reason == reason
-
-
-def test_empty_and_ambiguous_tables_are_refused(tmp_path):
-    empty = str(tmp_path / "empty.lance")
-    synthetic_store(empty, 0)
-    with pytest.raises(StoreError) as error:
-        pin_dataset(empty, None, None, tiny_config())
-    assert error.value.reason == "no_samples"
-    mixed = str(tmp_path / "mixed.lance")
-    synthetic_store(mixed, 2)
-    synthetic_store(mixed, 2, spec=RenderSpec(n_views=2, n_frames=2, resolution=24), first=2)
-    with pytest.raises(StoreError) as error:
-        pin_dataset(mixed, None, None, tiny_config())
-    assert error.value.reason == "ambiguous_config"
-
-
-def test_all_held_out_is_refused(lance):
-    with pytest.raises(StoreError) as error:
-        pin_dataset(lance, None, None, tiny_config(val_fraction=0.999, split_seed=1))
-    assert error.value.reason == "no_training_samples"
-
-
 def test_the_sampler_order_depends_on_seed_and_epoch_only():
     sampler = EpochSampler(10, seed=3)
     orders = []
@@ -232,3 +152,12 @@ def test_state_digest_sees_a_single_changed_value():
     state = {"state": {0: {"exp_avg": torch.zeros(3), "step": torch.tensor(2.0)}}, "param_groups": [{"lr": 1e-4}]}
     changed = {"state": {0: {"exp_avg": torch.tensor([0.0, 0.0, 1e-12]), "step": torch.tensor(2.0)}}, "param_groups": [{"lr": 1e-4}]}
     assert state_digest(state) == state_digest({**state}) != state_digest(changed)
+
+
+def test_one_trainer_per_run_folder(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RunError) as error, RunLock(tmp_path):
+            pass
+    assert error.value.reason == "run_locked"
+    with RunLock(tmp_path):  # released on exit
+        pass

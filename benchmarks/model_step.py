@@ -12,7 +12,6 @@ the device, the real configuration is built on the ``meta`` device and only its 
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import resource
 import sys
@@ -53,8 +52,8 @@ def random_batch(config: dict, views: int, frames: int, size: int, downscale: in
         "part_latents": latents(1, views, frames, channels, size, size),
         "cond_latents": latents(1, frames, config["in_channels"] - channels, size, size),
         "image_embeddings": latents(1, 1, config["cross_attention_dim"]),
-        "elevation": torch.full((1, views), math.radians(10.0), device=device),
-        "azimuth": torch.linspace(0, 2 * math.pi, views + 1, device=device)[None, :views],
+        "elevation": torch.full((1, views), 10.0, device=device),
+        "azimuth": torch.linspace(0, 360, views + 1, device=device)[None, :views],
         # Part masks at pixel resolution, as the dataset gives them; 8 parts.
         "part_masks": torch.randint(-1, 8, (1, views, frames, size * downscale, size * downscale), device=device),
     }

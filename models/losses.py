@@ -85,7 +85,7 @@ def training_step(
 
     ``batch`` holds ``rgb_latents`` and (for :class:`SP4DModel`) ``part_latents``, both
     ``[B, V, F, C, h, w]``; ``cond_latents`` ``[B, F, C, h, w]`` or ``[B, V, F, C, h, w]``;
-    ``image_embeddings`` ``[B, S, D]``; ``elevation``, ``azimuth`` in radians, ``[B, V]`` or
+    ``image_embeddings`` ``[B, S, D]``; ``elevation``, ``azimuth`` in degrees, ``[B, V]`` or
     ``[B, V, F]``; optionally ``part_masks`` ``[B, V, F, H, W]`` integer part ids (-1 background), at
     any resolution, for the contrastive loss. A bare :class:`MultiViewUNet` trains the RGB branch alone
     (SP4D's first stage). Returns ``loss`` (to backpropagate) and detached ``rgb``, ``part``,

@@ -65,7 +65,7 @@ class SP4DPipeline:
     ) -> SP4DSample:
         """Generate ``V = elevation.shape[1]`` views of an input video.
 
-        ``video`` uint8 [B, F, H, W, 3]; ``elevation``, ``azimuth`` radians [B, V] or [B, V, F];
+        ``video`` uint8 [B, F, H, W, 3]; ``elevation``, ``azimuth`` degrees [B, V] or [B, V, F];
         ``image_embeddings`` [B, S, D]; ``palettes`` one uint8 [P, 3] palette per sample, to decode
         part ids by nearest colour (:func:`decode_generated_parts`).
         """

@@ -11,8 +11,8 @@ Inputs:
   give ``in_channels = 8``;
 - ``timestep``: the noise level embedding input (EDM ``c_noise``), a scalar or ``[B]``;
 - ``encoder_hidden_states``: image embeddings ``[B, S, D]`` for cross-attention (CLIP: ``S = 1``);
-- ``elevation``, ``azimuth``: camera angles in radians (as SV3D/SV4D and :mod:`pipelines.dataset`),
-  ``[B, V]`` (fixed per view) or ``[B, V, F]``;
+- ``elevation``, ``azimuth``: camera angles in degrees (as :class:`schemas.render.Camera`; the dataset
+  gives radians), ``[B, V]`` (fixed per view) or ``[B, V, F]``;
   their sinusoidal embeddings, through ``add_embedding``, are added to the timestep embedding.
 
 Module names follow diffusers' ``UNetSpatioTemporalConditionModel`` (``conv_in``, ``down_blocks.i.resnets.j``,
@@ -22,7 +22,6 @@ Module names follow diffusers' ``UNetSpatioTemporalConditionModel`` (``conv_in``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -292,12 +291,11 @@ class MultiViewUNet(AlignedLoadingMixin, ModelMixin, ConfigMixin):
         device = self.conv_in.weight.device
         t = torch.as_tensor(timestep, device=device, dtype=torch.float32).reshape(-1).expand(batch)
         t_emb = self.time_embedding(self.time_proj(t).to(dtype))  # [B, D]
-        azimuth = torch.remainder(_per_image(azimuth, grid), 2 * math.pi)  # -90 deg is 270 deg
+        azimuth = torch.remainder(_per_image(azimuth, grid), 360.0)  # -90 is 270
+        # Degrees, not radians: the sinusoids' periods (2 pi to 10000 units) then resolve a few
+        # degrees, where radians would leave all but the fastest few nearly constant across views.
         cameras = torch.stack([_per_image(elevation, grid), azimuth], dim=-1)  # [B, V, F, 2]
-        # Embedded in degrees: the sinusoids' periods (2 pi to 10000 units) then resolve a few degrees,
-        # where radians would leave all but the fastest few nearly constant.
-        cameras = torch.rad2deg(cameras.reshape(-1).to(device))
-        cam = self.add_time_proj(cameras).reshape(batch * views * frames, -1)
+        cam = self.add_time_proj(cameras.reshape(-1).to(device)).reshape(batch * views * frames, -1)
         cam_emb = self.add_embedding(cam.to(dtype))
         return t_emb.repeat_interleave(views * frames, dim=0) + cam_emb
 

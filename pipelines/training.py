@@ -92,9 +92,20 @@ def model_inputs(batch: dict[str, Any], codec: LatentCodec, context_dim: int) ->
 
 
 def branch_config(config: TrainConfig, codec: LatentCodec) -> dict[str, Any]:
+    """The configured branch, or the tiny one sized for the codec's channels."""
     if config.branch_config is not None:
         return dict(config.branch_config)
     channels = codec.latent_channels
+    if codec.downscale == 1:
+        # Pixel space: attention over every pixel costs (H*W)^2 (at 64 px a step took 13x longer);
+        # attend only after two 2x downsamplings, where a latent UNet would be.
+        return MultiViewUNet.tiny_config(
+            in_channels=2 * channels,
+            out_channels=channels,
+            block_out_channels=(16, 32, 32),
+            attention_levels=(False, False, True),
+            num_attention_heads=(2, 4, 4),
+        )
     return MultiViewUNet.tiny_config(in_channels=2 * channels, out_channels=channels)
 
 
@@ -329,7 +340,8 @@ class _Run:
         accelerator.init_trackers(TRACKER_PROJECT, config=_hparams(config, self.pin))
         started = time.monotonic()
         try:
-            report.last_losses = self._loop(report)
+            # A run resumed at its last step trains nothing: its losses are the checkpoint's.
+            report.last_losses = self._loop(report) or (resume.record().losses if resume else {})
         finally:
             accelerator.end_training()
         report.seconds = time.monotonic() - started

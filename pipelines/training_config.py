@@ -19,7 +19,9 @@ MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 LrSchedule = Literal["constant", "constant_with_warmup", "cosine", "linear"]
 
 # Fields that may differ between the run that wrote a checkpoint and the run that resumes it.
-RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "threads"})
+RESUMABLE_CHANGES = frozenset(
+    {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "threads", "preview_inference_steps"}
+)
 
 
 class TrainConfig(BaseModel):
@@ -31,7 +33,8 @@ class TrainConfig(BaseModel):
     # model
     branch_config: dict[str, Any] | None = Field(
         None,
-        description="MultiViewUNet configuration of each branch; None: MultiViewUNet.tiny_config sized for the codec",
+        description="MultiViewUNet configuration of each branch; None: the tiny configuration sized for the codec "
+        "(pipelines.training.branch_config)",
     )
     vae_path: str | None = Field(
         None, description="a local diffusers VAE folder (or pipeline folder with vae/); None: pixel space (identity codec)"

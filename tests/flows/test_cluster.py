@@ -36,7 +36,7 @@ def ray_head(tmp_path):
         wait_for_line(log, "Ray runtime started", head, timeout_s=120)
         yield f"127.0.0.1:{port}", temp
     finally:
-        kill_session(head)
+        kill_session(head, grace_s=2.0)  # a throwaway head: no need to wait for a clean stop
 
 
 def test_the_build_renders_on_the_cluster_at_the_given_address(ray_head, prefect_stack, tmp_path):

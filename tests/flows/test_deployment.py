@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from pipelines.sources.procedural import generate_assets
@@ -47,8 +48,7 @@ def test_a_deployment_run_through_the_worker_writes_the_rows(prefect_stack, tmp_
     with temporary_settings(updates={PREFECT_API_URL: prefect_stack["PREFECT_API_URL"]}):
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("build-kinematicparts20k/local")
-            (flow_run,) = client.read_flow_runs(
-                flow_run_filter=None, deployment_filter=None, limit=1, sort="EXPECTED_START_TIME_DESC"
-            )
-    assert flow_run.deployment_id == deployment.id and flow_run.state.is_completed()
-    assert flow_run.parameters["lance_uri"] == str(lance)
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+    (flow_run,) = [r for r in runs if r.parameters.get("lance_uri") == str(lance)]
+    assert flow_run.state.is_completed()
+    assert flow_run.parameters["render"] == TINY_RENDER  # the run's parameters override the deployment's

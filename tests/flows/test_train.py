@@ -158,6 +158,7 @@ def test_the_flow_publishes_progress_losses_preview_and_summary_and_a_rerun_resu
 
     again = train_sp4d(**params)  # the same request again (a second trigger): nothing left to do
     assert (again.run_dir, again.start_step, again.final_step) == (report.run_dir, 3, 3)
+    assert again.last_losses == report.last_losses  # the checkpoint's, as nothing was trained
     assert [c.step for c in list_checkpoints(run_dir)] == [2, 3]
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -51,8 +49,8 @@ def pixel_batch(n_views: int = 2, n_frames: int = 2, size: int = 16, n_parts: in
         "part_latents": to_model_range(parts)[None],
         "cond_latents": to_model_range(rgb[0])[None],  # the input video is view 0
         "image_embeddings": torch.zeros(1, 1, 16),
-        "elevation": torch.full((1, n_views), math.radians(10.0)),
-        "azimuth": torch.arange(n_views, dtype=torch.float32)[None] * (2 * math.pi / n_views),
+        "elevation": torch.full((1, n_views), 10.0),
+        "azimuth": torch.arange(n_views, dtype=torch.float32)[None] * (360.0 / n_views),
         "part_masks": torch.from_numpy(ids.astype(np.int64))[None],
         "palette": palette,
         "video": rgb[0][None],
@@ -72,6 +70,6 @@ def random_inputs(batch: int = 1, views: int = 2, frames: int = 3, size: int = 8
         "timestep": torch.full((batch,), 0.3),
         "cond_latents": torch.randn(batch, frames, 4, size, size, generator=g),
         "encoder_hidden_states": torch.randn(batch, 1, 16, generator=g),
-        "elevation": torch.full((batch, views), math.radians(10.0)),
-        "azimuth": torch.linspace(0, 1.5 * math.pi, views).expand(batch, views).clone(),
+        "elevation": torch.full((batch, views), 10.0),
+        "azimuth": torch.linspace(0, 270, views).expand(batch, views).clone(),
     }

@@ -131,7 +131,7 @@ def latent_batch(with_masks: bool = True) -> dict:
         "cond_latents": torch.randn(2, 2, 4, 8, 8, generator=g),
         "image_embeddings": torch.randn(2, 1, 16, generator=g),
         "elevation": torch.zeros(2, 2),
-        "azimuth": torch.tensor([[0.0, math.pi], [0.0, math.pi / 2]]),
+        "azimuth": torch.tensor([[0.0, 180.0], [0.0, 90.0]]),
     }
     if with_masks:
         batch["part_masks"] = torch.randint(-1, 3, (2, 2, 2, 16, 16), generator=g)

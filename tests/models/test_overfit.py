@@ -51,8 +51,10 @@ def test_overfitting_a_tiny_batch_recovers_its_parts():
         optimiser.step()
 
     after = fixed_noise_losses(model, batch)
-    assert after["rgb"] < before["rgb"] / 4, (before, after)
-    assert after["part"] < before["part"] / 4, (before, after)
+    # Seen on the development machine: 10x and 21x (another initialisation: 15x and 29x).
+    assert after["rgb"] < before["rgb"] / 5, (before, after)
+    assert after["part"] < before["part"] / 5, (before, after)
     overall, on_parts = part_accuracy(model, batch)
     assert untrained_part_accuracy < 0.5
-    assert overall > 0.9 and on_parts > 0.8, (overall, on_parts)
+    # Seen: 98.5 % of all pixels and 92 % of part pixels (another initialisation: 97 % and 84 %).
+    assert overall > 0.9 and on_parts > 0.75, (overall, on_parts)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -32,8 +30,8 @@ def video_and_cameras(views: int = 2, frames: int = 2, size: int = 16):
     ids = block_part_ids(views, frames, size, n_parts=3)
     palette = block_palette(3)
     rgb, _ = block_videos(ids, palette)
-    elevation = torch.full((1, views), math.radians(10.0))
-    azimuth = torch.arange(views, dtype=torch.float32)[None] * (2 * math.pi / views)
+    elevation = torch.full((1, views), 10.0)
+    azimuth = torch.arange(views, dtype=torch.float32)[None] * (360.0 / views)
     return rgb[:1], elevation, azimuth, palette  # the input video is view 0: [1, F, H, W, 3]
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -101,10 +99,18 @@ def test_camera_of_one_view_conditions_that_view():
     unet = tiny_unet(view_attention=False, frame_attention=False)
     inputs = random_inputs(views=2, frames=2)
     before = run(unet, inputs)
-    inputs["azimuth"][0, 1] += math.pi / 4
+    inputs["azimuth"][0, 1] += 45.0
     after = run(unet, inputs)
     assert torch.equal(after[:, 0], before[:, 0])
     assert not torch.allclose(after[:, 1], before[:, 1])
+
+
+def test_azimuth_is_periodic():
+    unet = tiny_unet()
+    inputs = random_inputs(views=2, frames=2)
+    before = run(unet, inputs)
+    inputs["azimuth"] = inputs["azimuth"] - 360.0
+    torch.testing.assert_close(run(unet, inputs), before, rtol=1e-4, atol=1e-5)
 
 
 def test_per_frame_cameras_equal_per_view_cameras_when_constant():

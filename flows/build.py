@@ -134,52 +134,61 @@ def commit_shard(lance_uri: str, samples: list[Sample], rejections: list[Rejecti
 @task(name="render", cache_policy=NO_CACHE)
 def render_assets(assets: list[AssetRef], params: BuildParams) -> tuple[RenderSummary, list[Rejection], list[SheetEntry]]:
     """Probe, filter, split into parts and render every asset in the Ray pool, committing in shards."""
-    logger = get_run_logger()
     started = time.monotonic()
     connection = connect(params.ray_address)
     summary = RenderSummary(gcs_address=connection.gcs_address, ray_start_s=time.monotonic() - started)
-    rejections: list[Rejection] = []
-    sheet: list[SheetEntry] = []
     try:
-        summary.pool_size, cpus_per_worker = pool_shape(params, connection)
-        logger.info("rendering %d assets on %s with %d workers", len(assets), connection.gcs_address, summary.pool_size)
-        progress = RenderProgress(total=len(assets))
-        progress.start()
-        shard = _Shard(params.lance_uri, summary)
-        pool_started = time.monotonic()
-
-        def first_worker(event: PoolEvent) -> None:
-            if event.kind == "worker_started" and not summary.first_worker_s:
-                summary.first_worker_s = time.monotonic() - pool_started
-
-        pool = RenderPool(
-            make_worker=_worker_factory(params.render, params.filters),
-            size=summary.pool_size,
-            recycle_after=params.recycle_after,
-            asset_timeout_s=params.asset_timeout_s,
-            cpus_per_worker=cpus_per_worker,
-            on_event=first_worker,
-        )
-        with pool:
-            for outcome in pool.imap(Job(a) for a in assets):
-                samples, found, row = outcome_rows(outcome, params.render.config_hash())
-                _record(summary, outcome, samples)
-                rejections += found
-                sheet += [SheetEntry(f"{s.file_identifier} {s.clip}", s.rgb, s.parts) for s in samples[: CONTACT_SHEET_SAMPLES - len(sheet)]]
-                shard.add(samples, found, row)
-                if shard.size >= params.shard_size:
-                    shard.commit()
-                progress.advance()
-            shard.commit()
-        stats = pool.stats
-        summary.workers_started, summary.recycled = stats.workers_started, stats.recycled
-        summary.timeouts, summary.crashes = stats.timeouts, stats.crashes
+        rejections, sheet = _render_in_pool(connection, assets, params, summary)
     finally:
         stopping = time.monotonic()
         connection.close()
         summary.ray_stop_s = time.monotonic() - stopping
     summary.seconds = time.monotonic() - started
     return summary, rejections, sheet
+
+
+def _render_in_pool(
+    connection: RayConnection, assets: list[AssetRef], params: BuildParams, summary: RenderSummary
+) -> tuple[list[Rejection], list[SheetEntry]]:
+    summary.pool_size, cpus_per_worker = pool_shape(params, connection)
+    get_run_logger().info("rendering %d assets on %s with %d workers", len(assets), connection.gcs_address, summary.pool_size)
+    progress = RenderProgress(total=len(assets))
+    progress.start()
+    shard = _Shard(params.lance_uri, summary)
+    rejections: list[Rejection] = []
+    sheet: list[SheetEntry] = []
+    pool_started = time.monotonic()
+
+    def first_worker(event: PoolEvent) -> None:
+        if event.kind == "worker_started" and not summary.first_worker_s:
+            summary.first_worker_s = time.monotonic() - pool_started
+
+    pool = RenderPool(
+        make_worker=_worker_factory(params.render, params.filters),
+        size=summary.pool_size,
+        recycle_after=params.recycle_after,
+        asset_timeout_s=params.asset_timeout_s,
+        cpus_per_worker=cpus_per_worker,
+        on_event=first_worker,
+    )
+    with pool:
+        try:
+            for outcome in pool.imap(Job(a) for a in assets):
+                samples, found, row = outcome_rows(outcome, params.render.config_hash())
+                _record(summary, outcome, samples)
+                rejections += found
+                room = CONTACT_SHEET_SAMPLES - len(sheet)
+                sheet += [SheetEntry(f"{s.file_identifier} {s.clip}", s.rgb, s.parts) for s in samples[:room]]
+                shard.add(samples, found, row)
+                if shard.size >= params.shard_size:
+                    shard.commit()
+                progress.advance()
+        finally:
+            shard.commit()  # also when the pool gives up: finished assets are not redone
+    stats = pool.stats
+    summary.workers_started, summary.recycled = stats.workers_started, stats.recycled
+    summary.timeouts, summary.crashes = stats.timeouts, stats.crashes
+    return rejections, sheet
 
 
 @task(name="report", cache_policy=NO_CACHE)

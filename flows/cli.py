@@ -50,6 +50,8 @@ def add_flow_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def build_params_from_args(args: argparse.Namespace) -> BuildParams:
     data: dict[str, Any] = json.loads(args.params) if args.params else {}
+    if not isinstance(data, dict) or not isinstance(data.get("source", {}), dict) or not isinstance(data.get("render", {}), dict):
+        raise ParamsError("--params must be a JSON object whose 'source' and 'render' are objects")
     source = data.setdefault("source", {})
     source.setdefault("kind", args.source)
     if source["kind"] == "procedural":
@@ -71,7 +73,10 @@ def build_params_from_args(args: argparse.Namespace) -> BuildParams:
 def run_build_command(args: argparse.Namespace) -> int:
     try:
         params = build_params_from_args(args)
-    except (ParamsError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        print(f"kp20k build: --params is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    except ParamsError as exc:
         print(f"kp20k build: {exc}", file=sys.stderr)
         return 2
     # Prefect's ephemeral API migrates a fresh database first: on a busy 2-core machine that takes
@@ -96,7 +101,6 @@ def run_build_command(args: argparse.Namespace) -> int:
     if report.contact_sheet:
         print(f"Contact sheet: {report.contact_sheet}")
     return 0
-
 
 
 def build_parser() -> argparse.ArgumentParser:

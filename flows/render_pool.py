@@ -234,6 +234,9 @@ class RenderPool:
             if slot.info is None and now > slot.started_at + self.startup_timeout_s:
                 self._start_failed(slot, f"not ready after {self.startup_timeout_s:.0f} s")
             elif slot.job is not None and now > slot.deadline:
+                if ray.wait([slot.job_ref], timeout=0)[0]:  # it finished while the caller held an outcome
+                    yield self._settle(slot.job_ref)
+                    continue
                 job, worker = slot.job, slot.info
                 self.stats.timeouts += 1
                 self._emit("timeout", worker, job.asset)

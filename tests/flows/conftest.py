@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +102,7 @@ def ray_session() -> Iterator[None]:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp))
     yield
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -132,11 +134,6 @@ def prefect_api(prefect_stack: dict[str, str]) -> Iterator[str]:
     with temporary_settings(updates={PREFECT_API_URL: prefect_stack["PREFECT_API_URL"]}):
         yield prefect_stack["PREFECT_API_URL"]
         APILogWorker.drain_all(timeout=10)  # send this module's run logs while the server is up
-
-
-@pytest.fixture
-def tiny_render() -> dict:
-    return dict(TINY_RENDER)
 
 
 def cli_build(arguments: list[str], stack: dict[str, str], log: Path) -> subprocess.Popen:

@@ -3,6 +3,7 @@ at it by address, and the renders shown to have run in that cluster's worker pro
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def ray_head(tmp_path):
         yield f"127.0.0.1:{port}", temp
     finally:
         kill_session(head, grace_s=2.0)  # a throwaway head: no need to wait for a clean stop
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_the_build_renders_on_the_cluster_at_the_given_address(ray_head, prefect_stack, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from functools import partial
 
 import pytest
@@ -83,6 +84,16 @@ def test_a_hung_worker_times_out_and_a_killed_worker_crashes_and_the_rest_finish
     assert pool.stats.workers_started == len(pids) >= 3
     assert outcomes[assets[3].sha256].worker.pid not in faults.values()
     assert wait_gone(faults[to_hang]) and wait_gone(faults[to_crash])
+
+
+def test_a_result_that_arrives_while_the_caller_is_busy_is_not_a_timeout(assets):
+    outcomes = []
+    with RenderPool(make_worker(), size=2, asset_timeout_s=4) as pool:
+        for outcome in pool.imap(Job(a) for a in assets[:2]):
+            outcomes.append(outcome)
+            time.sleep(5)  # a slow shard commit: the other asset finishes meanwhile, and its deadline passes
+    assert [o.failure for o in outcomes] == [None, None]
+    assert pool.stats.timeouts == 0
 
 
 def failing_worker():

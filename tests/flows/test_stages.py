@@ -1,13 +1,17 @@
-"""Which assets a build may skip, decided from real Lance tables: an asset is finished only once its
-``assets`` row, the last commit of its shard, is in. No Ray, no Blender, no Prefect server."""
+"""The build's stages that need no Ray, no Blender and no Prefect server, on real files and tables:
+which assets a build may skip (an asset is finished only once its ``assets`` row, the last commit of
+its shard, is in), how pool outcomes become rows, how the pool is sized, how fetch failures are sorted."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from flows.build import finished_assets, outcome_rows, pool_shape
+from flows.build import fetch_assets, finished_assets, outcome_rows, pool_shape
 from flows.ray_cluster import RayConnection
 from flows.render_pool import Job, Outcome, WorkerInfo
+from pipelines.sources.procedural import generate_assets
 from pipelines.store import DatasetStore
 from pipelines.synthetic_samples import synthetic_sample
 from pipelines.worker import WorkResult
@@ -97,3 +101,16 @@ def test_pool_shape_never_asks_ray_for_more_cpus_than_it_has(cpus, threads, pool
     size, per_worker = pool_shape(params, RayConnection("127.0.0.1:1", float(cpus), owned=False))
     assert (size, per_worker) == expected
     assert size * per_worker <= cpus
+
+
+def test_fetch_keeps_good_assets_and_turns_bad_ones_into_config_independent_rejections(tmp_path):
+    good, gone, lying = generate_assets(3, tmp_path / "assets", seed=5)
+    Path(gone.local_path).unlink()
+    lying = lying.model_copy(update={"sha256": "0" * 64})
+    fetched, rejections = fetch_assets.fn([good, gone, lying], str(tmp_path / "cache"))
+    assert [a.sha256 for a in fetched] == [good.sha256]
+    assert Path(fetched[0].local_path).is_relative_to(tmp_path / "cache")
+    assert {(r.sha256, r.stage, r.reason, r.config_hash) for r in rejections} == {
+        (gone.sha256, "fetch", RejectReason.file_missing, ""),
+        ("0" * 64, "fetch", RejectReason.hash_mismatch, ""),
+    }

@@ -69,11 +69,13 @@ def test_build_completion_triggers_training_when_switched_on_and_training_trigge
 # ------------------------------------------------------------------------- on the local stack
 
 
-def wait_for_run(client, deployment_id: UUID, timeout_s: float, log: Path) -> FlowRun:
+def wait_for_run(client, deployment_id: UUID, under: Path, timeout_s: float, log: Path) -> FlowRun:
+    """The first finished run of the deployment whose parameters name a path under ``under`` (other
+    tests' runs on the shared stack may trigger the same deployments)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-        finished = [r for r in runs if r.state and r.state.is_final()]
+        finished = [r for r in runs if r.state and r.state.is_final() and str(under) in str(r.parameters)]
         if finished:
             return finished[0]
         time.sleep(1)
@@ -108,10 +110,10 @@ def test_a_completed_build_starts_training_and_then_evaluation(tmp_path_factory,
                 return_state=True,
             )
             assert state.is_completed(), state.message
-            trained = wait_for_run(client, train.id, 420, worker_log)
+            trained = wait_for_run(client, train.id, tmp_path, 420, worker_log)
             assert trained.state.is_completed(), trained.state.message
             assert trained.parameters["lance_uri"] == lance  # from the build run's own parameters
-            evaluated = wait_for_run(client, evaluate.id, 420, worker_log)
+            evaluated = wait_for_run(client, evaluate.id, tmp_path, 420, worker_log)
             assert evaluated.state.is_completed(), evaluated.state.message
         finally:
             subprocess.run([prefect, "automation", "disable", TRAIN_TRIGGER], env=env, capture_output=True, timeout=120)

@@ -25,10 +25,13 @@ from prefect.artifacts import (
 )
 
 from flows.report import BuildReport
+from pipelines.fetch import redact
 from pipelines.framepack import unpack
+from schemas.assets import Rejection
 
 KEY_PREFIX = "kp20k"
 CONTACT_SHEET_SAMPLES = 8
+REJECTED_ASSET_ROWS = 200  # the artifact is for a glance; the rejections table holds every row
 CONTACT_SHEET_VIEWS = 4
 TILE = 64
 LABEL_HEIGHT = 12
@@ -99,6 +102,25 @@ def publish_report(report: BuildReport) -> None:
         description="Rejections decided in this run",
     )
     create_markdown_artifact(markdown=versions_markdown(report), key=f"{KEY_PREFIX}-lance-versions")
+
+
+def publish_rejected_assets(rejections: list[Rejection]) -> None:
+    """Which assets this run left out and why (the first rows), identifiers and details redacted:
+    an annotation's URL may carry a token, and artifacts are shown to anyone with UI access."""
+    if not rejections:
+        return
+    rows = [
+        {
+            "stage": r.stage, "reason": r.reason.value, "source": r.source, "file_identifier": redact(r.file_identifier),
+            "clip": r.clip, "detail": redact(r.detail),
+        }
+        for r in rejections[:REJECTED_ASSET_ROWS]
+    ]
+    shown = f"the first {len(rows)} of {len(rejections)}" if len(rejections) > len(rows) else f"all {len(rows)}"
+    create_table_artifact(
+        table=rows, key=f"{KEY_PREFIX}-rejected-assets",
+        description=f"Assets left out in this run and why ({shown}; the rejections table holds every one)",
+    )
 
 
 def versions_markdown(report: BuildReport) -> str:

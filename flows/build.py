@@ -29,24 +29,28 @@ from prefect.context import TaskRunContext
 
 from flows.artifacts import (
     CONTACT_SHEET_SAMPLES,
+    REJECTED_ASSET_ROWS,
     RenderProgress,
     SheetEntry,
     contact_sheet_path,
     contact_sheet_png,
     publish_contact_sheet,
+    publish_rejected_assets,
     publish_report,
 )
 from flows.ray_cluster import RayConnection, connect
 from flows.render_pool import Job, Outcome, PoolEvent, RenderPool
 from flows.report import BuildReport, RenderSummary, count_reasons
-from pipelines.fetch import FetchCache, FetchError, fetch
+from pipelines.fetch import FetchCache, FetchError, redact
+from pipelines.fetch import fetch as fetch_asset
 from pipelines.prefilter import prefilter as apply_prefilter
 from pipelines.sources.local import discover_local
-from pipelines.sources.objaverse_xl import discover_objaverse
+from pipelines.sources.objaverse_xl import discover_objaverse, sketchfab_object_index, sketchfab_object_paths_file
 from pipelines.sources.procedural import generate_assets
 from pipelines.store import DatasetStore
 from pipelines.version import code_version
 from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
+from schemas.fetch import FetchSettings
 from schemas.filters import FilterRules
 from schemas.params import BuildParams, SourceParams
 from schemas.prefilter import PrefilterRules
@@ -76,8 +80,7 @@ def discover(source: SourceParams, cache_dir: str, file_types: list[str]) -> lis
         return generate_assets(source.count, folder, seed=source.seed)
     if source.kind == "local":
         return discover_local(Path(source.folder))
-    download_dir = Path(source.objaverse_dir or "~/.objaverse").expanduser()
-    return discover_objaverse(download_dir, source.objaverse_sources, offline=source.offline, file_types=file_types)
+    return discover_objaverse(objaverse_dir(source), source.objaverse_sources, offline=source.offline, file_types=file_types)
 
 
 @task(name="prefilter", cache_policy=INPUTS + TASK_SOURCE + _CODE_VERSION, persist_result=True)
@@ -93,7 +96,7 @@ def plan(candidates: list[AssetRef], lance_uri: str, config_hash: str) -> list[A
 
 
 @task(name="fetch", cache_policy=NO_CACHE, retries=FETCH_RETRIES, retry_delay_seconds=5)
-def fetch_assets(assets: list[AssetRef], cache_dir: str) -> tuple[list[AssetRef], list[Rejection]]:
+def fetch_assets(assets: list[AssetRef], cache_dir: str, settings: FetchSettings) -> tuple[list[AssetRef], list[Rejection]]:
     """Bring every asset into the content-addressed cache. A transient failure (``download_failed``)
     fails the task so Prefect retries it (objects already cached cost one hash check); on the last
     attempt it becomes a rejection row, which a later refresh tries again."""
@@ -101,7 +104,7 @@ def fetch_assets(assets: list[AssetRef], cache_dir: str) -> tuple[list[AssetRef]
 
     def attempt(asset: AssetRef) -> AssetRef | FetchError:
         try:
-            return fetch(asset, cache)
+            return fetch_asset(asset, cache, settings)
         except FetchError as exc:
             return exc
 
@@ -192,7 +195,7 @@ def _render_in_pool(
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def publish(build: BuildReport, sheet: list[SheetEntry], cache_dir: str) -> BuildReport:
+def publish(build: BuildReport, sheet: list[SheetEntry], cache_dir: str, rejections: list[Rejection]) -> BuildReport:
     if not sheet:
         sheet = stored_sheet_entries(DatasetStore(build.lance_uri), build.config_hash)
     if sheet:
@@ -200,6 +203,7 @@ def publish(build: BuildReport, sheet: list[SheetEntry], cache_dir: str) -> Buil
         publish_contact_sheet(contact_sheet_png(sheet), path)
         build = build.model_copy(update={"contact_sheet": str(path.resolve())})
     publish_report(build)
+    publish_rejected_assets(rejections)
     return build
 
 
@@ -215,6 +219,7 @@ def build_kinematicparts20k(
     render: RenderSpec = DEFAULTS.render,
     lance_uri: str = DEFAULTS.lance_uri,
     cache_dir: str = DEFAULTS.cache_dir,
+    fetch: FetchSettings = DEFAULTS.fetch,
     ray_address: str | None = DEFAULTS.ray_address,
     pool_size: int | None = DEFAULTS.pool_size,
     recycle_after: int = DEFAULTS.recycle_after,
@@ -246,7 +251,7 @@ def run_build(params: BuildParams) -> BuildReport:
     clock.lap(build, "prefilter")
     todo = plan(candidates, params.lance_uri, config_hash)
     clock.lap(build, "plan")
-    fetched, fetch_rejections = fetch_assets(todo, params.cache_dir) if todo else ([], [])
+    fetched, fetch_rejections = fetch_assets(todo, params.cache_dir, fetch_settings(params, todo)) if todo else ([], [])
     commit_rejections(params.lance_uri, fetch_rejections)
     clock.lap(build, "fetch")
     sheet: list[SheetEntry] = []
@@ -258,14 +263,36 @@ def run_build(params: BuildParams) -> BuildReport:
     build.discovered, build.prefilter_rejected = len(assets), len(assets) - len(kept)
     build.candidates, build.already_decided = len(candidates), len(candidates) - len(todo)
     build.fetched, build.fetch_rejected = len(fetched), len(fetch_rejections)
-    build.rejection_reasons = dict(count_reasons(rejections + fetch_rejections))
+    rejections = rejections + fetch_rejections
+    build.rejection_reasons = dict(count_reasons(rejections))
     build.versions = _versions(store)
-    build = publish(build, sheet, params.cache_dir)
+    build = publish(build, sheet, params.cache_dir, rejections[:REJECTED_ASSET_ROWS])
     clock.lap(build, "report")
     return build
 
 
 # ------------------------------------------------------------------------------------- helpers
+
+
+def objaverse_dir(source: SourceParams) -> Path:
+    return Path(source.objaverse_dir or "~/.objaverse").expanduser()
+
+
+def fetch_settings(params: BuildParams, assets: list[AssetRef]) -> FetchSettings:
+    """``params.fetch``, with the Sketchfab object index of the Objaverse download dir filled in when
+    Sketchfab objects are to be fetched and no index was named (online, objaverse downloads it once)."""
+    settings = params.fetch
+    needs_index = params.source.kind == "objaverse-xl" and any(a.source == "sketchfab" for a in assets)
+    if settings.sketchfab_object_paths or not needs_index:
+        return settings
+    download_dir = objaverse_dir(params.source)
+    try:
+        index = sketchfab_object_index(download_dir, offline=params.source.offline)
+    except Exception as exc:  # noqa: BLE001 - offline and absent, or the download failed: the run goes on
+        # Each Sketchfab asset is then rejected (download_failed) with this path named; the others are fetched.
+        get_run_logger().warning("no Sketchfab object index (%s)", redact(f"{type(exc).__name__}: {exc}")[:300])
+        index = sketchfab_object_paths_file(download_dir)
+    return settings.model_copy(update={"sketchfab_object_paths": str(index)})
 
 
 def finished_assets(store: DatasetStore, config_hash: str) -> set[str]:

@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import requests
-from pydantic import BaseModel, Field
 
 from pipelines.prefilter import COPIES_KEY
 from schemas.assets import AssetRef, RejectReason
+from schemas.fetch import FetchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +65,7 @@ class FetchError(Exception):
         self.detail = detail
 
 
-class FetchConfig(BaseModel):
-    """Timeouts, retries and where each source's bytes come from (overridable for mirrors and tests)."""
-
-    connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection")
-    read_timeout: float = Field(60.0, gt=0, description="seconds without a byte before giving up")
-    attempt_seconds: float = Field(900.0, gt=0, description="cap on one HTTP attempt, however it trickles")
-    retries: int = Field(3, ge=0, description="extra attempts after a transient failure")
-    backoff_seconds: float = Field(1.0, ge=0, description="first back-off; doubles per retry")
-    backoff_max_seconds: float = Field(30.0, ge=0)
-    max_bytes: int = Field(2 << 30, gt=0, description="larger objects are refused")
-    git_timeout: float = Field(300.0, gt=0, description="seconds for each git call")
-    github_base: str = "https://github.com"
-    sketchfab_base: str = "https://huggingface.co/datasets/allenai/objaverse/resolve/main"
-    sketchfab_object_paths: str | None = Field(
-        None, description="object-paths.json.gz of Objaverse 1.0 (uid -> path in the repository)"
-    )
-    thingiverse_base: str = "https://www.thingiverse.com"
-    smithsonian_base: str | None = Field(None, description="replaces scheme://host of Smithsonian URLs")
+FetchConfig = FetchSettings  # the settings now live in schemas/ (so BuildParams can carry them)
 
 
 # ---------------------------------------------------------------- redaction

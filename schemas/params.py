@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from schemas.fetch import FetchSettings
 from schemas.filters import FilterRules
 from schemas.prefilter import PrefilterRules
 from schemas.render import RenderSpec
@@ -69,13 +70,14 @@ class BuildParams(BaseModel):
     render: RenderSpec = Field(default_factory=RenderSpec)
     lance_uri: str = Field("data/kp20k.lance", min_length=1, description="folder (or s3:// URI) of the tables")
     cache_dir: str = Field("data/cache", min_length=1, description="content-addressed fetch cache")
+    fetch: FetchSettings = Field(default_factory=FetchSettings, description="timeouts, retries, mirrors of each source")
     ray_address: str | None = Field(None, description="an existing Ray cluster; None: RAY_ADDRESS, else a local one")
     pool_size: int | None = Field(None, ge=1, le=4096, description="render workers; None: one per available CPU")
     recycle_after: int = Field(100, ge=1, description="assets a worker renders before it is replaced")
     asset_timeout_s: float = Field(600.0, gt=0, description="hard limit for one asset in a worker")
     shard_size: int = Field(8, ge=1, description="finished assets committed together")
 
-    @field_validator("prefilter", "filters", "render", mode="before")
+    @field_validator("prefilter", "filters", "render", "fetch", mode="before")
     @classmethod
     def _no_unknown_keys(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, dict):

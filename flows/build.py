@@ -96,7 +96,9 @@ def plan(candidates: list[AssetRef], lance_uri: str, config_hash: str) -> list[A
 
 
 @task(name="fetch", cache_policy=NO_CACHE, retries=FETCH_RETRIES, retry_delay_seconds=5)
-def fetch_assets(assets: list[AssetRef], cache_dir: str, settings: FetchSettings) -> tuple[list[AssetRef], list[Rejection]]:
+def fetch_assets(
+    assets: list[AssetRef], cache_dir: str, settings: FetchSettings | None = None
+) -> tuple[list[AssetRef], list[Rejection]]:
     """Bring every asset into the content-addressed cache. A transient failure (``download_failed``)
     fails the task so Prefect retries it (objects already cached cost one hash check); on the last
     attempt it becomes a rejection row, which a later refresh tries again."""

@@ -35,11 +35,9 @@ from pipelines.checkpoints import Checkpoint, CheckpointRecord, DatasetPin
 from pipelines.dataset import KinematicPartsDataset, collate
 from pipelines.latents import load_codec
 from pipelines.learned_metrics import LEARNED_METRICS, LearnedMetrics, MetricValue, not_computed
-from pipelines.store import open_table, sql_literal
 from pipelines.training import MODEL_FOLDER, zero_context
 from pipelines.version import code_version
 from schemas.assets import utcnow
-from schemas.render import RenderSpec
 
 RGB_METRICS = ("psnr", "ssim")
 ALL_METRICS = PART_METRICS + RGB_METRICS + LEARNED_METRICS
@@ -97,14 +95,6 @@ def evaluation_dataset(record: CheckpointRecord, config: EvalConfig) -> tuple[Ki
     return dataset, pin
 
 
-def decode_limit(pin: DatasetPin) -> float:
-    """The part-colour decoding limit of the pinned render configuration."""
-    rows = open_table(pin.lance_uri, "samples", pin.version).to_table(
-        columns=["render_config"], filter=f"config_hash = {sql_literal(pin.config_hash)}", limit=1
-    )
-    return RenderSpec.model_validate_json(rows.column("render_config")[0].as_py()).colours.decode_limit
-
-
 def _codec(vae_path: str | None, device: str) -> LatentCodec:
     codec = load_codec(vae_path)
     if isinstance(codec, VAECodec):
@@ -116,10 +106,12 @@ def load_model(checkpoint: Checkpoint, device: torch.device | str) -> SP4DModel:
     return SP4DModel.from_pretrained(checkpoint.path / MODEL_FOLDER).to(device).eval()
 
 
-def generate(
-    model: SP4DModel, codec: LatentCodec, batch: dict[str, Any], steps: int, seed: int, limit: float
-) -> SP4DSample:
-    """Generate every view of the batch's input video (view 0) and decode the part videos."""
+def generate(model: SP4DModel, codec: LatentCodec, batch: dict[str, Any], steps: int, seed: int) -> SP4DSample:
+    """Generate every view of the batch's input video (view 0) and decode the part videos.
+
+    Generated colours are never exact, so each pixel takes the nearest palette colour or the black
+    background (no distance limit): the dataset's exact-decoding limit would call most of them unknown.
+    """
     device = model.device
     video = to_uint8(batch["rgb"][:, 0])  # [B, F, H, W, 3]
     cameras = batch["cameras"]
@@ -134,7 +126,6 @@ def generate(
         palettes=palettes,
         num_inference_steps=steps,
         generator=generator,
-        decode_limit=limit,
     )
 
 
@@ -160,13 +151,12 @@ def evaluate_checkpoint(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(checkpoint, device)
     codec = _codec(record.config.vae_path, device)
-    limit = decode_limit(pin)
     learned = LearnedMetrics(config.lpips_path, config.clip_path, config.i3d_path)
     count = len(dataset) if config.max_samples is None else min(config.max_samples, len(dataset))
     scores, sample_ids = [], []
     for index in range(count):
         batch = collate([dataset[index]])
-        sample = generate(model, codec, batch, config.inference_steps, config.seed + index, limit)
+        sample = generate(model, codec, batch, config.inference_steps, config.seed + index)
         scores.append(score(sample, batch))
         learned.add(sample.rgb[0], to_uint8(batch["rgb"][0]))
         sample_ids.append(batch["sample_id"][0])
@@ -266,7 +256,7 @@ def preview(checkpoint: Checkpoint, inference_steps: int, seed: int = 0) -> byte
     device = "cuda" if torch.cuda.is_available() else "cpu"
     codec = _codec(record.config.vae_path, device)
     batch = collate([dataset[0]])
-    sample = generate(load_model(checkpoint, device), codec, batch, inference_steps, seed, decode_limit(pin))
+    sample = generate(load_model(checkpoint, device), codec, batch, inference_steps, seed)
     return preview_png(batch, sample)
 
 

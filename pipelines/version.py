@@ -12,13 +12,13 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus a hash of the source that decides what a sample looks like."""
+    """Package version plus a hash of the source that decides what a sample or a checkpoint is."""
     try:
         version = metadata.version("kinematicparts")
     except metadata.PackageNotFoundError:
         version = "0+unknown"
     digest = hashlib.sha256()
-    for package in ("schemas", "pipelines"):
+    for package in ("schemas", "pipelines", "models"):
         for path in sorted((_ROOT / package).rglob("*.py")):
             digest.update(path.relative_to(_ROOT).as_posix().encode())
             digest.update(path.read_bytes())

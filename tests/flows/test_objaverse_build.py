@@ -30,7 +30,15 @@ from pipelines.store import DatasetStore
 from schemas.fetch import FetchSettings
 from tests import factories
 from tests.flows.conftest import TINY_RENDER
-from tests.netfixtures import LoopbackServer, Reply, annotation_row, github_identifier, make_git_repo, sha256_of, write_objaverse_annotations
+from tests.netfixtures import (
+    LoopbackServer,
+    Reply,
+    annotation_row,
+    github_identifier,
+    make_git_repo,
+    sha256_of,
+    write_objaverse_annotations,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session", "prefect_api")]
 
@@ -155,7 +163,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             for logger in loggers:
                 logger.removeHandler(handler)
         assert state.is_completed(), state.message
-        print("stage seconds", state.result().seconds)
         yield Run(batch, state.result(), state.state_details.flow_run_id, DatasetStore(str(root / "kp20k.lance")), server, lines)
 
 

@@ -6,7 +6,7 @@ A store is a folder (local path or ``s3://`` URI) holding ``samples.lance``, ``a
 
 - ``samples``: ``sample_id`` (= ``sample_key(sha256, clip, config_hash)``);
 - ``assets``: ``row_key`` = :func:`asset_key` (asset sha256, config hash);
-- ``rejections``: ``row_key`` = :func:`rejection_key` (sha256, clip, config hash, stage).
+- ``rejections``: ``row_key`` = :func:`rejection_key` (sha256, file identifier, clip, config hash, stage).
 
 Writes are "insert if not exists" (the first write of a key wins): keys already in the table or
 repeated within the batch are dropped, the rest go through one ``merge_insert`` on the key, so a
@@ -64,9 +64,13 @@ def asset_key(sha256: str, config_hash: str) -> str:
     return _digest(sha256, config_hash)
 
 
-def rejection_key(sha256: str, clip: str, config_hash: str, stage: str) -> str:
-    """Primary key of a ``rejections`` row."""
-    return _digest(sha256, clip, config_hash, stage)
+def rejection_key(sha256: str, file_identifier: str, clip: str, config_hash: str, stage: str) -> str:
+    """Primary key of a ``rejections`` row.
+
+    The file identifier is part of it: two copies of the same bytes (a duplicate, a second mirror
+    that failed to download) each keep their own answer to "why was this left out".
+    """
+    return _digest(sha256, file_identifier, clip, config_hash, stage)
 
 
 def _with_primary_key(schema: pa.Schema, key: str) -> pa.Schema:
@@ -171,7 +175,7 @@ class DatasetStore:
         return self._insert_new("assets", rows, lambda r: asset_key(r.asset.sha256, r.config_hash))
 
     def write_rejections(self, rows: Iterable[Rejection]) -> int:
-        return self._insert_new("rejections", rows, lambda r: rejection_key(r.sha256, r.clip, r.config_hash, r.stage))
+        return self._insert_new("rejections", rows, lambda r: rejection_key(r.sha256, r.file_identifier, r.clip, r.config_hash, r.stage))
 
     def _insert_new(self, table: TableName, records: Iterable[R], key_of: Callable[[R], str]) -> int:
         dataset = self.checkout(None, table)

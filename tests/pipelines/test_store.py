@@ -176,6 +176,18 @@ def test_assets_and_rejections_are_keyed_and_idempotent(store: DatasetStore) -> 
     assert walk.reason is RejectReason.static_animation
 
 
+def test_two_copies_of_the_same_bytes_keep_their_own_rejection(store: DatasetStore) -> None:
+    mirror = rejection(1, RejectReason.download_failed, stage="fetch")
+    duplicate = mirror.model_copy(update={"file_identifier": "f1-mirror", "reason": RejectReason.duplicate})
+    assert store.write_rejections([mirror, duplicate]) == 2
+    assert store.write_rejections([duplicate]) == 0
+    rows = from_table(Rejection, store.read("rejections"))
+    assert {(r.file_identifier, r.reason) for r in rows} == {
+        ("f1", RejectReason.download_failed),
+        ("f1-mirror", RejectReason.duplicate),
+    }
+
+
 def test_decided_assets_knows_what_a_refresh_can_skip(store: DatasetStore) -> None:
     cfg = SPEC.config_hash()
     store.write_samples(samples(range(2)))  # assets 0, 1 rendered under cfg

@@ -15,9 +15,9 @@ from uuid import UUID
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from pipelines.checkpoints import Checkpoint, RunError, resolve_checkpoint
+from pipelines.checkpoints import Checkpoint, resolve_checkpoint, validate_config
 from pipelines.evaluation import EvalComparison, EvalConfig, EvalReport, evaluate_checkpoint, report_markdown, write_report
 
 FLOW_NAME = "evaluate-sp4d"
@@ -31,13 +31,7 @@ class EvalResult(BaseModel):
 
 
 def parse_config(config: dict[str, Any] | EvalConfig | None) -> EvalConfig:
-    if isinstance(config, EvalConfig):
-        return config
-    try:
-        return EvalConfig.model_validate(config or {})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise RunError("bad_parameters", f"invalid evaluation config: {problems}") from None
+    return validate_config(EvalConfig, config, "evaluation config")
 
 
 @task(name="evaluate-checkpoint", cache_policy=NO_CACHE)

@@ -14,19 +14,16 @@ from pathlib import Path
 import ray
 from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
+from schemas.errors import ReasonError
+
 # Ray's sockets live under the temp dir and Unix socket paths are limited to ~107 bytes: keep it short.
 LOCAL_TEMP_DIR = Path(tempfile.gettempdir()) / "kp20k-ray"
 # Every Ray worker process: one BLAS/OpenMP thread, so render workers sharing cores do not oversubscribe.
 WORKER_ENV = {"OMP_NUM_THREADS": "1"}
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ReasonError, RuntimeError):
     """Ray could not be reached or started; ``reason`` is a stable code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

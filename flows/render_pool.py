@@ -24,19 +24,15 @@ import ray
 from ray.exceptions import RayError
 
 from schemas.assets import AssetRef, RejectReason
+from schemas.errors import ReasonError
 
 # Consecutive actors that die before becoming ready: past this the cluster cannot host a worker at
 # all (bpy missing, out of memory), and going on would only spin.
 MAX_START_FAILURES = 3
 
 
-class PoolError(RuntimeError):
+class PoolError(ReasonError, RuntimeError):
     """The pool cannot go on (no worker can start); ``reason`` is a stable code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,8 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
-from pydantic import ValidationError
 
-from pipelines.checkpoints import Checkpoint, DatasetPin, RunError, latest_checkpoint
+from pipelines.checkpoints import Checkpoint, DatasetPin, RunError, latest_checkpoint, validate_config
 from pipelines.evaluation import preview
 from pipelines.latents import codec_id, load_codec, precompute_latents
 from pipelines.training import TrainHooks, TrainReport, read_metrics, train
@@ -50,14 +49,7 @@ LOSS_COLUMNS = ("loss", "rgb", "part", "contrastive", "lr")
 
 
 def parse_config(config: dict[str, Any] | TrainConfig | None) -> TrainConfig:
-    """Validate the ``config`` parameter; one line per wrong field (reason ``bad_parameters``)."""
-    if isinstance(config, TrainConfig):
-        return config
-    try:
-        return TrainConfig.model_validate(config or {})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise RunError("bad_parameters", f"invalid training config: {problems}") from None
+    return validate_config(TrainConfig, config, "training config")
 
 
 # ---------------------------------------------------------------------------------------- tasks

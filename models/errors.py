@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+from schemas.errors import ReasonError
 
-class ModelInputError(ValueError):
+
+class ModelInputError(ReasonError, ValueError):
     """Bad input to the model, a loss or a loader.
 
     ``reason`` is one of: ``bad_shape``, ``bad_dtype``, ``bad_config``, ``missing_field``,
     ``weights_not_found``, ``bad_weights``, ``missing_palette``.
     """
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"[{reason}] {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class WeightsNotFoundError(ModelInputError, FileNotFoundError):

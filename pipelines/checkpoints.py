@@ -22,24 +22,33 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from pipelines.training_config import TrainConfig
 from schemas.assets import utcnow
+from schemas.errors import ReasonError
 
 CHECKPOINTS = "checkpoints"
 RECORD_SUFFIX = ".json"
 _NAME = re.compile(r"step-(\d{8})")
+M = TypeVar("M", bound=BaseModel)
 
 
-class RunError(ValueError):
+class RunError(ReasonError, ValueError):
     """A run folder or checkpoint that cannot be used; ``reason`` is a stable code."""
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+
+def validate_config(model: type[M], config: dict[str, Any] | M | None, what: str) -> M:
+    """``config`` as ``model``; a bad one raises ``RunError("bad_parameters")`` with one line per wrong field."""
+    if isinstance(config, model):
+        return config
+    try:
+        return model.model_validate(config or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RunError("bad_parameters", f"invalid {what}: {problems}") from None
 
 
 class DatasetPin(BaseModel):

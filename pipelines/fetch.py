@@ -43,6 +43,7 @@ import requests
 
 from pipelines.prefilter import COPIES_KEY
 from schemas.assets import AssetRef, RejectReason
+from schemas.errors import ReasonError
 from schemas.fetch import FetchSettings
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,8 @@ _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _CHUNK = 1 << 20
 
 
-class FetchError(Exception):
+class FetchError(ReasonError):
     """Why an asset could not be brought into the cache; ``reason`` is its rejection code."""
-
-    def __init__(self, reason: RejectReason, detail: str):
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 FetchConfig = FetchSettings  # the settings now live in schemas/ (so BuildParams can carry them)

@@ -24,19 +24,15 @@ import numpy as np
 
 from pipelines.colour import encode_palette
 from schemas.assets import RejectReason
+from schemas.errors import ReasonError
 from schemas.parts import ColourRules, PartMap, PartRules
 
 # Reference positions come from a normalisation over the sampled frames: allow rounding slack only.
 _UNIT_CUBE_SLACK = 0.01
 
 
-class PartsError(ValueError):
+class PartsError(ReasonError, ValueError):
     """An asset whose rig cannot become parts; ``reason`` is the rejection code to record."""
-
-    def __init__(self, reason: RejectReason, detail: str):
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass

@@ -28,7 +28,8 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from pipelines.framepack import grid_shape
-from schemas.assets import RejectReason, Rejection
+from schemas.assets import Rejection, RejectReason
+from schemas.errors import ReasonError
 from schemas.samples import Sample, sample_key
 from schemas.tables import ASSETS_SCHEMA, BLOB_METADATA, REJECTIONS_SCHEMA, SAMPLES_SCHEMA, AssetRow, to_row
 
@@ -46,13 +47,8 @@ WRITE_CHUNK_ROWS = 16
 R = TypeVar("R", bound=BaseModel)
 
 
-class StoreError(ValueError):
+class StoreError(ReasonError, ValueError):
     """A write or read the store refuses; ``reason`` is a stable code, nothing was committed."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def _digest(*parts: str) -> str:

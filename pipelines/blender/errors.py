@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from schemas.assets import RejectReason
+from schemas.errors import ReasonError
 
 
-class BlenderStageError(Exception):
+class BlenderStageError(ReasonError):
     """A deterministic failure for one asset (never retried): becomes a Rejection with ``reason``."""
-
-    def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class AssetLoadError(BlenderStageError):

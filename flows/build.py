@@ -17,6 +17,8 @@ cache that could outlive a deleted table, is what says which assets are done.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -169,7 +171,7 @@ def _render_in_pool(
             summary.first_worker_s = time.monotonic() - pool_started
 
     pool = RenderPool(
-        make_worker=_worker_factory(params.render, params.filters),
+        make_worker=_worker_factory(params.render, params.filters, str(Path(params.cache_dir).resolve() / "logs")),
         size=summary.pool_size,
         recycle_after=params.recycle_after,
         asset_timeout_s=params.asset_timeout_s,
@@ -351,10 +353,22 @@ def stored_sheet_entries(store: DatasetStore, config_hash: str, n: int = CONTACT
     return [SheetEntry(f"{r['file_identifier']} {r['clip']}", r["rgb"], r["parts"]) for r in rows]
 
 
-def _worker_factory(spec: RenderSpec, filters: FilterRules) -> Any:
+def _worker_factory(spec: RenderSpec, filters: FilterRules, log_dir: str) -> Any:
+    return partial(_make_worker, spec, filters, log_dir)
+
+
+def _make_worker(spec: RenderSpec, filters: FilterRules, log_dir: str) -> Any:
+    """Runs in the Ray actor: one warm Blender whose output goes to a log of its own under ``log_dir``.
+
+    The logs outlive the worker (a worker killed on a timeout cannot clean up after itself, and its
+    log is what says why), one file per worker process: ``blender-<host>-<pid>.log``.
+    """
     from pipelines.worker import AssetWorker  # imports bpy: only where a worker is built
 
-    return partial(AssetWorker, spec, filters, spec.threads)
+    folder = Path(log_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / f"blender-{socket.gethostname()}-{os.getpid()}.log"
+    return AssetWorker(spec, filters, spec.threads, log_path=log_path)
 
 
 def _record(summary: RenderSummary, outcome: Outcome, samples: list[Sample]) -> None:

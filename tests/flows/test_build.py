@@ -88,6 +88,14 @@ def test_first_build_writes_exactly_one_row_per_rendered_clip(dataset, first):
     assert report.render.shards == 2  # four assets, two per shard
 
 
+def test_worker_logs_are_kept_under_the_cache_one_per_worker_process(dataset, first):
+    report, _ = first
+    logs = sorted((Path(dataset.cache) / "logs").glob("blender-*.log"))
+    assert 1 <= len(logs) <= report.render.workers_started
+    # Blender's own output (importer and renderer lines) went there, not to the terminal.
+    assert all("glTF import finished" in log.read_text(errors="replace") for log in logs)
+
+
 def test_rows_hold_the_tiny_grid(dataset, first):
     store = dataset.store()
     row = store.read_samples(columns=["rgb", "parts", "alpha", "n_views", "n_frames", "height"]).to_pylist()[0]

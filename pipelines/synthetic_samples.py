@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from pipelines.blender import cameras as blender_cameras
 from pipelines.colour import BACKGROUND, encode_palette, encode_part_image
 from pipelines.framepack import pack
 from schemas.parts import PartMap
@@ -44,38 +45,10 @@ def palette_for(n_parts: int, spec: RenderSpec) -> np.ndarray:
 
 
 def orbit_cameras(spec: RenderSpec) -> list[Camera]:
-    """An orbit of ``spec.n_views`` OpenCV cameras around the origin (Z up), view 0 at azimuth 0."""
-    size = spec.resolution
-    focal = (size / 2) / math.tan(math.radians(spec.fov_deg) / 2)
-    intrinsics = [[focal, 0.0, size / 2], [0.0, focal, size / 2], [0.0, 0.0, 1.0]]
-    cameras = []
-    for view in range(spec.n_views):
-        azimuth = 360.0 * view / spec.n_views
-        az, el = math.radians(azimuth), math.radians(spec.elevation_deg)
-        direction = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-        position = spec.camera_distance * direction
-        forward = -position / np.linalg.norm(position)
-        right = np.cross(forward, [0.0, 0.0, 1.0])
-        right /= np.linalg.norm(right)
-        down = np.cross(forward, right)
-        rotation = np.stack([right, down, forward])
-        extrinsics = np.eye(4)
-        extrinsics[:3, :3] = rotation
-        extrinsics[:3, 3] = -rotation @ position
-        cameras.append(
-            Camera(
-                view=view,
-                azimuth_deg=azimuth,
-                elevation_deg=spec.elevation_deg,
-                distance=spec.camera_distance,
-                fov_deg=spec.fov_deg,
-                width=size,
-                height=size,
-                intrinsics=intrinsics,
-                extrinsics=extrinsics.tolist(),
-            )
-        )
-    return cameras
+    """The renderer's orbit (view 0 at azimuth 0, OpenCV convention) at the spec's fixed distance."""
+    return blender_cameras.orbit_cameras(
+        spec.n_views, spec.elevation_deg, spec.camera_distance, spec.fov_deg, spec.resolution
+    )
 
 
 def synthetic_sample(

@@ -17,8 +17,6 @@ cache that could outlive a deleted table, is what says which assets are done.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -354,21 +352,11 @@ def stored_sheet_entries(store: DatasetStore, config_hash: str, n: int = CONTACT
 
 
 def _worker_factory(spec: RenderSpec, filters: FilterRules, log_dir: str) -> Any:
-    return partial(_make_worker, spec, filters, log_dir)
+    # A function of an importable module: Prefect loads this file by path (as module ``build``), which
+    # Ray's workers could not import to unpickle a function defined here.
+    from pipelines.worker import worker_logging_to  # imports bpy: only where a worker is built
 
-
-def _make_worker(spec: RenderSpec, filters: FilterRules, log_dir: str) -> Any:
-    """Runs in the Ray actor: one warm Blender whose output goes to a log of its own under ``log_dir``.
-
-    The logs outlive the worker (a worker killed on a timeout cannot clean up after itself, and its
-    log is what says why), one file per worker process: ``blender-<host>-<pid>.log``.
-    """
-    from pipelines.worker import AssetWorker  # imports bpy: only where a worker is built
-
-    folder = Path(log_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    log_path = folder / f"blender-{socket.gethostname()}-{os.getpid()}.log"
-    return AssetWorker(spec, filters, spec.threads, log_path=log_path)
+    return partial(worker_logging_to, log_dir, spec, filters)
 
 
 def _record(summary: RenderSummary, outcome: Outcome, samples: list[Sample]) -> None:

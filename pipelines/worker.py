@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,3 +155,14 @@ class AssetWorker:
             config_hash=self.config_hash,
             code_version=self.code_version,
         )
+
+
+def worker_logging_to(log_dir: str | Path, spec: RenderSpec, filters: FilterRules) -> AssetWorker:
+    """A worker whose Blender output goes to ``log_dir/blender-<host>-<pid>.log``.
+
+    The log outlives the worker on purpose: a worker killed on a timeout cannot clean up after
+    itself, and its log is what says why. One file per worker process.
+    """
+    folder = Path(log_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return AssetWorker(spec, filters, log_path=folder / f"blender-{socket.gethostname()}-{os.getpid()}.log")

@@ -40,11 +40,11 @@ from prefect import flow  # noqa: E402
 
 from flows.build import build_kinematicparts20k, outcome_rows  # noqa: E402
 from flows.render_pool import Job, Outcome  # noqa: E402
-from pipelines.fetch import FetchCache, fetch  # noqa: E402
-from pipelines.prefilter import prefilter  # noqa: E402
-from pipelines.sources.local import discover_local  # noqa: E402
-from pipelines.sources.procedural import generate_assets  # noqa: E402
-from pipelines.store import DatasetStore  # noqa: E402
+from pipelines.build.fetch import FetchCache, fetch  # noqa: E402
+from pipelines.build.prefilter import prefilter  # noqa: E402
+from pipelines.build.sources.local import discover_local  # noqa: E402
+from pipelines.build.sources.procedural import generate_assets  # noqa: E402
+from pipelines.build.store import DatasetStore  # noqa: E402
 from schemas.filters import FilterRules  # noqa: E402
 from schemas.render import RenderSpec  # noqa: E402
 
@@ -54,7 +54,9 @@ SHARD = 8
 def plain_loop(folder: Path, spec: RenderSpec, work: Path) -> tuple[float, float, int]:
     """(total seconds, seconds until Blender was warm, samples written)."""
     started = time.perf_counter()
-    from pipelines.worker import AssetWorker  # imports bpy: part of what the loop pays, as the flow's workers do
+    from pipelines.build.worker import (
+        AssetWorker,  # imports bpy: part of what the loop pays, as the flow's workers do
+    )
 
     worker = AssetWorker(spec, FilterRules())
     warm = time.perf_counter() - started

@@ -1,7 +1,7 @@
 """Samples/s from a Lance table into training tensors, with 0, 1 and 2 DataLoader workers.
 
 Builds a table of synthetic samples in a temporary folder (no Blender), then times one pass of
-:class:`~pipelines.dataset.KinematicPartsDataset` through :func:`~pipelines.dataset.data_loader` per
+:class:`~pipelines.build.dataset.KinematicPartsDataset` through :func:`~pipelines.build.dataset.data_loader` per
 worker count. The first batch of each pass is not timed (spawned workers start and import torch).
 
 Hook for the model step rate: pass ``train_step`` (one optimiser step on a batch) to :func:`run`;
@@ -16,10 +16,10 @@ import tempfile
 import time
 from typing import Any, Callable, Sequence
 
-from pipelines.dataset import KinematicPartsDataset, data_loader
-from pipelines.store import DatasetStore
-from pipelines.synthetic_samples import synthetic_sample
+from pipelines.build.dataset import KinematicPartsDataset, data_loader
+from pipelines.build.store import DatasetStore
 from schemas.render import RenderSpec
+from tests.synthetic_samples import synthetic_sample
 
 TrainStep = Callable[[dict[str, Any]], None]
 
@@ -111,7 +111,7 @@ def tiny_model_step(threads: int | None = None) -> TrainStep:
     from models.losses import DiffusionObjective
     from models.sp4d import SP4DModel
     from models.unet import MultiViewUNet
-    from pipelines.training import DiffusionTrainer, model_inputs, noise_generator
+    from pipelines.train.loop import DiffusionTrainer, model_inputs, noise_generator
 
     if threads:
         torch.set_num_threads(threads)

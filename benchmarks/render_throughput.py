@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.sources.procedural import KINDS, generate_asset  # noqa: E402
+from pipelines.build.sources.procedural import KINDS, generate_asset  # noqa: E402
 from schemas.assets import AssetRef  # noqa: E402
 from schemas.filters import FilterRules  # noqa: E402
 from schemas.render import RenderSpec  # noqa: E402
@@ -41,7 +41,7 @@ ROUNDS = 5
 FRESH = """
 import sys
 sys.path.insert(0, {repo!r})
-from pipelines.worker import AssetWorker
+from pipelines.build.worker import AssetWorker
 from schemas.assets import AssetRef
 from schemas.filters import FilterRules
 from schemas.render import RenderSpec
@@ -101,15 +101,15 @@ def _assets(folder: Path, n: int) -> list[AssetRef]:
 
 
 def _first_clip(asset: AssetRef) -> str:
-    from pipelines.blender.probe import probe_asset
-    from pipelines.blender.session import BlenderSession
+    from pipelines.build.blender.probe import probe_asset
+    from pipelines.build.blender.session import BlenderSession
 
     with BlenderSession() as session:
         return probe_asset(session, asset.local_path, asset.sha256).clips[0].name
 
 
 def _warm(assets: list[AssetRef], clips: list[list[str]], spec: RenderSpec, startup: Cost) -> list[Cost]:
-    from pipelines.worker import AssetWorker
+    from pipelines.build.worker import AssetWorker
 
     worker, cost = _timed(lambda: AssetWorker(spec, FilterRules()))
     seconds = []
@@ -137,8 +137,8 @@ def _part_costs(assets: list[AssetRef], clips: list[list[str]], spec: RenderSpec
     """Costs summed over assets for RGB only, RGB + Material Index, and the flat second pass."""
     import bpy
 
-    from pipelines.blender.render import render_flat_part_ids, render_grid
-    from pipelines.blender.session import BlenderSession
+    from pipelines.build.blender.render import render_flat_part_ids, render_grid
+    from pipelines.build.blender.session import BlenderSession
 
     totals: dict = {"rgb": Cost(0, 0), "index": Cost(0, 0), "flat": Cost(0, 0), "images": 0}
     with BlenderSession(threads=spec.threads) as session, tempfile.TemporaryDirectory() as tmp:
@@ -168,7 +168,7 @@ def _rerender(grid, output: Path) -> None:
     import bpy
     import numpy as np
 
-    from pipelines.blender.render import each_cell
+    from pipelines.build.blender.render import each_cell
 
     bpy.context.scene.render.filepath = str(output)
     for _ in each_cell(grid.cameras, grid.frame_times, grid.normalisation_scale, np.asarray(grid.normalisation_offset)):

@@ -8,14 +8,11 @@ of KiB) while the PNG itself is written next to the table.
 from __future__ import annotations
 
 import base64
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
 
-import numpy as np
-from PIL import Image, ImageDraw
 from prefect.artifacts import (
     create_image_artifact,
     create_markdown_artifact,
@@ -25,16 +22,17 @@ from prefect.artifacts import (
 )
 
 from flows.report import BuildReport
-from pipelines.fetch import redact
-from pipelines.framepack import unpack
+from pipelines.build.fetch import redact
+from pipelines.build.framepack import unpack
+from pipelines.contact_sheet import contact_sheet, png_bytes
 from schemas.assets import Rejection
 
 KEY_PREFIX = "kp20k"
 CONTACT_SHEET_SAMPLES = 8
 REJECTED_ASSET_ROWS = 200  # the artifact is for a glance; the rejections table holds every row
 CONTACT_SHEET_VIEWS = 4
-TILE = 64
-LABEL_HEIGHT = 12
+TILE = 128
+SHEET_LABEL_CHARS = 24
 
 
 @dataclass(frozen=True)
@@ -54,23 +52,9 @@ def contact_sheet_png(entries: list[SheetEntry], tile: int = TILE) -> bytes:
     for entry in entries[:CONTACT_SHEET_SAMPLES]:
         rgb = unpack(entry.rgb, frames=[0], views=None)[:CONTACT_SHEET_VIEWS, 0]
         parts = unpack(entry.parts, frames=[0], views=None)[:CONTACT_SHEET_VIEWS, 0]
-        tiles = [_tile(image, tile) for pair in zip(rgb, parts) for image in pair]
-        row = Image.new("RGB", (tile * 2 * CONTACT_SHEET_VIEWS, tile + LABEL_HEIGHT), "white")
-        for i, image in enumerate(tiles):
-            row.paste(image, (i * tile, LABEL_HEIGHT))
-        ImageDraw.Draw(row).text((2, 0), entry.label[:60], fill="black")
-        rows.append(row)
-    sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
-    for i, row in enumerate(rows):
-        sheet.paste(row, (0, i * row.height))
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def _tile(frame: np.ndarray, size: int) -> Image.Image:
-    # Nearest neighbour keeps every part-map pixel an exact palette colour.
-    return Image.fromarray(frame[..., :3] if frame.ndim == 3 else frame).convert("RGB").resize((size, size), Image.NEAREST)
+        rows.append((entry.label[:SHEET_LABEL_CHARS], [image for pair in zip(rgb, parts) for image in pair]))
+    columns = [f"view {v} {kind}" for v in range(CONTACT_SHEET_VIEWS) for kind in ("RGB", "parts")]
+    return png_bytes(contact_sheet(rows, tile=tile, column_labels=columns))
 
 
 def contact_sheet_path(lance_uri: str, cache_dir: str) -> Path:

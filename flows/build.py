@@ -41,13 +41,17 @@ from flows.artifacts import (
 from flows.ray_cluster import RayConnection, connect
 from flows.render_pool import Job, Outcome, PoolEvent, RenderPool
 from flows.report import BuildReport, RenderSummary, count_reasons
-from pipelines.fetch import FetchCache, FetchError, redact
-from pipelines.fetch import fetch as fetch_asset
-from pipelines.prefilter import prefilter as apply_prefilter
-from pipelines.sources.local import discover_local
-from pipelines.sources.objaverse_xl import discover_objaverse, sketchfab_object_index, sketchfab_object_paths_file
-from pipelines.sources.procedural import generate_assets
-from pipelines.store import DatasetStore
+from pipelines.build.fetch import FetchCache, FetchError, redact
+from pipelines.build.fetch import fetch as fetch_asset
+from pipelines.build.prefilter import prefilter as apply_prefilter
+from pipelines.build.sources.local import discover_local
+from pipelines.build.sources.objaverse_xl import (
+    discover_objaverse,
+    sketchfab_object_index,
+    sketchfab_object_paths_file,
+)
+from pipelines.build.sources.procedural import generate_assets
+from pipelines.build.store import DatasetStore
 from pipelines.version import code_version
 from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
 from schemas.fetch import FetchSettings
@@ -298,19 +302,7 @@ def fetch_settings(params: BuildParams, assets: list[AssetRef]) -> FetchSettings
 
 
 def finished_assets(store: DatasetStore, config_hash: str) -> set[str]:
-    """sha256s this configuration need not touch again.
-
-    The store's decisions (a sample, or a non-transient rejection) minus the assets a worker started
-    to commit whose ``assets`` row, written last in a shard, is missing: a kill between a shard's
-    commits leaves those, and they are done again.
-    """
-    where = f"config_hash = '{config_hash}'"
-    marked = {a["sha256"] for a in store.read("assets", columns=["asset"], filter=where).column("asset").to_pylist()}
-    touched = set(store.read_samples(columns=["sha256"], filter=where).column("sha256").to_pylist())
-    stages = ", ".join(f"'{s}'" for s in (*PRE_WORKER_STAGES, POOL_STAGE))
-    worker_rejections = store.read("rejections", columns=["sha256"], filter=f"{where} AND stage NOT IN ({stages})")
-    touched |= set(worker_rejections.column("sha256").to_pylist())
-    return set(store.decided_assets(config_hash)) - (touched - marked)
+    return store.finished_assets(config_hash, driver_stages=(*PRE_WORKER_STAGES, POOL_STAGE))
 
 
 def outcome_rows(outcome: Outcome, config_hash: str) -> tuple[list[Sample], list[Rejection], AssetRow | None]:
@@ -354,7 +346,9 @@ def stored_sheet_entries(store: DatasetStore, config_hash: str, n: int = CONTACT
 def _worker_factory(spec: RenderSpec, filters: FilterRules, log_dir: str) -> Any:
     # A function of an importable module: Prefect loads this file by path (as module ``build``), which
     # Ray's workers could not import to unpickle a function defined here.
-    from pipelines.worker import worker_logging_to  # imports bpy: only where a worker is built
+    from pipelines.build.worker import (
+        worker_logging_to,  # imports bpy: only where a worker is built
+    )
 
     return partial(worker_logging_to, log_dir, spec, filters)
 

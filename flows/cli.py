@@ -1,4 +1,4 @@
-"""The ``kp20k`` command: the pipeline subcommands (``pipelines.cli``) plus the flows.
+"""The ``kp20k`` command: the pipeline subcommands (``flows.render_cli``) plus the flows.
 
 ``kp20k build`` runs ``build-kinematicparts20k`` in this process on Prefect's ephemeral local API
 (or on the server named by ``PREFECT_API_URL``) with small embedded defaults: a handful of procedural
@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from pipelines import cli as pipeline_cli
+from flows import render_cli as pipeline_cli
 from schemas.params import BuildParams, ParamsError
 
 # The demo: small enough to finish in minutes on two CPU cores.
@@ -23,7 +23,7 @@ DEMO_GRID = {"n_views": 4, "n_frames": 4, "resolution": 64, "samples": 8}
 
 
 def add_flow_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Attach the flow subcommands (a ``register`` hook of ``pipelines.cli.build_parser``)."""
+    """Attach the flow subcommands (a ``register`` hook of ``flows.render_cli.build_parser``)."""
     build = subparsers.add_parser("build", help="build or refresh the dataset (the build-kinematicparts20k flow)")
     build.add_argument("--source", choices=["procedural", "local", "objaverse-xl"], default="procedural")
     build.add_argument("--count", type=int, default=DEMO_COUNT, help="procedural: assets to generate")
@@ -83,7 +83,9 @@ def run_build_command(args: argparse.Namespace) -> int:
     # longer than its default 20 s start-up limit.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.artifacts import read_snippet
-    from flows.build import build_kinematicparts20k  # Prefect and Ray load only for the flow commands
+    from flows.build import (
+        build_kinematicparts20k,  # Prefect and Ray load only for the flow commands
+    )
 
     state = build_kinematicparts20k(**params.model_dump(mode="json"), return_state=True)
     if not state.is_completed():

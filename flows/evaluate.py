@@ -1,6 +1,6 @@
 """The flow ``evaluate-sp4d``: score a checkpoint (and optionally a baseline) on held-out assets.
 
-The scoring is :mod:`pipelines.evaluation`; this flow runs it per checkpoint, writes the report as
+The scoring is :mod:`pipelines.evaluate.evaluation`; this flow runs it per checkpoint, writes the report as
 JSON and markdown beside the run (``<run_dir>/evaluations/``), and publishes the markdown table as an
 artifact. With ``baseline`` the two checkpoints are scored on the same items with the same noise and
 shown side by side.
@@ -13,12 +13,23 @@ from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from pipelines.checkpoints import Checkpoint, resolve_checkpoint, validate_config
-from pipelines.evaluation import EvalComparison, EvalConfig, EvalReport, evaluate_checkpoint, report_markdown, write_report
+from pipelines.evaluate.evaluation import (
+    EvalComparison,
+    EvalConfig,
+    EvalReport,
+    evaluate_checkpoint,
+    report_markdown,
+    write_report,
+)
+from pipelines.train.checkpoints import Checkpoint, resolve_checkpoint, validate_config
 
 FLOW_NAME = "evaluate-sp4d"
 KEY_PREFIX = "kp20k-eval"
@@ -60,7 +71,7 @@ def evaluate_sp4d(
 ) -> EvalResult:
     """Evaluate ``checkpoint`` (a checkpoint folder, or a run folder: its newest checkpoint).
 
-    ``config`` holds :class:`pipelines.evaluation.EvalConfig` fields: the split (held-out ``val`` by
+    ``config`` holds :class:`pipelines.evaluate.evaluation.EvalConfig` fields: the split (held-out ``val`` by
     default), how many samples, sampler steps, seed, and the paths of the LPIPS, CLIP and I3D networks
     (metrics without one are reported as "not computed"). Reports go to ``report_dir``, by default
     ``<run_dir>/evaluations``.

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+from ray._private.authentication.authentication_token_setup import (
+    maybe_enable_token_auth_if_token_available,
+)
 
 from schemas.errors import ReasonError
 

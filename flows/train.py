@@ -1,7 +1,7 @@
 """The flow ``train-sp4d``: pin the dataset -> precompute latents -> train (resumable) -> preview -> report.
 
-Stages are plain functions of :mod:`pipelines.training`, :mod:`pipelines.latents` and
-:mod:`pipelines.evaluation`; this module only wires them, publishes artifacts and emits the event
+Stages are plain functions of :mod:`pipelines.train.loop`, :mod:`pipelines.train.latents` and
+:mod:`pipelines.evaluate.evaluation`; this module only wires them, publishes artifacts and emits the event
 that starts evaluation.
 
 Resumability is the run folder's, not Prefect's: a flow run killed at any point and started again
@@ -34,12 +34,18 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from pipelines.checkpoints import Checkpoint, DatasetPin, RunError, latest_checkpoint, validate_config
-from pipelines.evaluation import preview
-from pipelines.latents import codec_id, load_codec, precompute_latents
-from pipelines.training import TrainHooks, TrainReport, read_metrics, train
-from pipelines.training_runs import RunRecord, locate_run, open_run
-from pipelines.training_config import TrainConfig
+from pipelines.evaluate.evaluation import preview
+from pipelines.train.checkpoints import (
+    Checkpoint,
+    DatasetPin,
+    RunError,
+    latest_checkpoint,
+    validate_config,
+)
+from pipelines.train.config import TrainConfig
+from pipelines.train.latents import codec_id, load_codec, precompute_latents
+from pipelines.train.loop import TrainHooks, TrainReport, read_metrics, train
+from pipelines.train.runs import RunRecord, locate_run, open_run
 
 FLOW_NAME = "train-sp4d"
 COMPLETED_EVENT = "kp20k.train.completed"
@@ -174,7 +180,7 @@ def train_sp4d(
 ) -> TrainReport:
     """Train SP4D on one pinned version of the ``samples`` table (the latest when ``version`` is None).
 
-    ``config`` holds :class:`pipelines.training_config.TrainConfig` fields (the defaults train the tiny
+    ``config`` holds :class:`pipelines.train.config.TrainConfig` fields (the defaults train the tiny
     model in pixel space). The run folder is ``output_dir/run_name``, by default
     ``output_dir/samples-v<version>-<config>``: the same request started again resumes it.
     """

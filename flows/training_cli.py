@@ -74,11 +74,14 @@ def _fields(args: argparse.Namespace, names: Any) -> dict[str, Any]:
 
 def run_train_command(args: argparse.Namespace) -> int:
     _allow_slow_ephemeral_start()  # before anything imports Prefect: it reads its settings once
-    from pipelines.checkpoints import RunError
+    from pipelines.train.checkpoints import RunError
 
     try:
         config = {**DEMO_TRAIN, **(json.loads(args.config) if args.config else {}), **_fields(args, _TRAIN_FLAGS)}
-        from flows.train import parse_config, train_sp4d  # Prefect and torch load only for this command
+        from flows.train import (  # Prefect and torch load only for this command
+            parse_config,
+            train_sp4d,
+        )
 
         parse_config(config)
     except (RunError, json.JSONDecodeError) as exc:
@@ -110,7 +113,7 @@ def run_train_command(args: argparse.Namespace) -> int:
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
     _allow_slow_ephemeral_start()  # before anything imports Prefect: it reads its settings once
-    from pipelines.checkpoints import RunError
+    from pipelines.train.checkpoints import RunError
 
     fields = ("split", "max_samples", "inference_steps", "seed", "lance_uri", "version", "lpips_path", "clip_path", "i3d_path")
     config = _fields(args, fields)

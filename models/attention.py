@@ -14,7 +14,10 @@ weights load by name; the view attention (``view_transformer_blocks``, ``view_mi
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention import BasicTransformerBlock, TemporalBasicTransformerBlock
+from diffusers.models.attention import (
+    BasicTransformerBlock,
+    TemporalBasicTransformerBlock,
+)
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import AlphaBlender
 from torch import nn

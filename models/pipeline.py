@@ -1,4 +1,7 @@
-"""Sampling: an input video and cameras -> multi-view RGB videos, part videos and decoded part ids.
+"""Sampling: an input video and cameras -> multi-view RGB videos and colour-encoded part videos.
+
+Decoding part videos into part ids is evaluation's business (:mod:`pipelines.evaluate.decoding`):
+the model knows nothing of palettes.
 
 The sampler is diffusers' ``EDMEulerScheduler`` with v-prediction; its preconditioning is the one
 :class:`models.losses.EDMPreconditioning` trains with (a test keeps them equal). Each branch steps
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,7 +20,6 @@ from diffusers import EDMEulerScheduler
 from models.errors import ModelInputError
 from models.sp4d import SP4DModel
 from models.vae import LatentCodec, decode_grid, to_model_range, to_uint8
-from pipelines.colour import BACKGROUND, decode_part_image
 
 
 def edm_scheduler(sigma_data: float = 1.0, sigma_min: float = 0.002, sigma_max: float = 700.0) -> EDMEulerScheduler:
@@ -36,11 +37,10 @@ def edm_scheduler(sigma_data: float = 1.0, sigma_min: float = 0.002, sigma_max: 
 class SP4DSample:
     rgb: np.ndarray  # uint8 [B, V, F, H, W, 3]
     parts: np.ndarray  # uint8 [B, V, F, H, W, 3], colour-encoded part maps
-    part_ids: np.ndarray | None  # int16 [B, V, F, H, W], -1 background or unknown; None without palettes
 
 
 class SP4DPipeline:
-    """``SP4DPipeline(model, codec)(video, elevation, azimuth, image_embeddings, palettes)``.
+    """``SP4DPipeline(model, codec)(video, elevation, azimuth, image_embeddings)``.
 
     ``codec`` is the shared frozen VAE (:class:`models.vae.VAECodec`) or, for pixel-space models,
     :class:`models.vae.PixelCodec`. Image embeddings (CLIP in SV4D) are computed by the caller.
@@ -58,16 +58,13 @@ class SP4DPipeline:
         elevation: torch.Tensor,
         azimuth: torch.Tensor,
         image_embeddings: torch.Tensor,
-        palettes: Sequence[np.ndarray] | None = None,
         num_inference_steps: int = 25,
         generator: torch.Generator | None = None,
-        decode_limit: float | None = None,
     ) -> SP4DSample:
         """Generate ``V = elevation.shape[1]`` views of an input video.
 
         ``video`` uint8 [B, F, H, W, 3]; ``elevation``, ``azimuth`` degrees [B, V] or [B, V, F];
-        ``image_embeddings`` [B, S, D]; ``palettes`` one uint8 [P, 3] palette per sample, to decode
-        part ids by nearest colour (:func:`decode_generated_parts`).
+        ``image_embeddings`` [B, S, D].
         """
         video = to_model_range(video)
         if video.ndim != 5 or elevation.ndim not in (2, 3) or elevation.shape[0] != video.shape[0]:
@@ -76,8 +73,6 @@ class SP4DPipeline:
                 f"video must be uint8 [B, F, H, W, 3] and elevation [B, V(, F)]; got {tuple(video.shape)} "
                 f"(as [B, F, 3, H, W]) and {tuple(elevation.shape)}",
             )
-        if palettes is not None and len(palettes) != video.shape[0]:
-            raise ModelInputError("missing_palette", f"{len(palettes)} palettes for {video.shape[0]} samples")
         device, dtype = self.model.device, self.model.dtype
         batch, frames = video.shape[:2]
         views = elevation.shape[1]
@@ -104,25 +99,4 @@ class SP4DPipeline:
 
         rgb_images = to_uint8(decode_grid(self.codec, rgb))
         part_images = to_uint8(decode_grid(self.codec, part))
-        part_ids = None
-        if palettes is not None:
-            part_ids = np.stack(
-                [decode_generated_parts(images, np.asarray(p), decode_limit) for images, p in zip(part_images, palettes)]
-            )
-        return SP4DSample(rgb=rgb_images, parts=part_images, part_ids=part_ids)
-
-
-def decode_generated_parts(images: np.ndarray, palette: np.ndarray, limit: float | None = None) -> np.ndarray:
-    """Part ids int16 [..., H, W] of generated part maps uint8 [..., H, W, 3].
-
-    With ``limit=None`` every pixel takes the nearest of the palette colours and the black
-    background, however far: generated colours are never exact. With a ``limit`` it is
-    :func:`pipelines.colour.decode_part_image` (pixels farther than ``limit`` from every palette colour
-    are unknown, -1).
-    """
-    if limit is not None:
-        return decode_part_image(images, palette, limit=limit)
-    with_background = np.vstack([palette, np.zeros((1, 3), np.uint8)])
-    ids = decode_part_image(images, with_background, limit=float("inf"))
-    ids[ids == len(palette)] = BACKGROUND
-    return ids
+        return SP4DSample(rgb=rgb_images, parts=part_images)

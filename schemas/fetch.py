@@ -1,7 +1,7 @@
 """Fetch settings: timeouts, retries and where each source's bytes come from.
 
-Defined here, not in :mod:`pipelines.fetch`, so the build parameters (``BuildParams.fetch``) can
-carry them: ``schemas`` never imports from ``pipelines``. ``pipelines.fetch.FetchConfig`` is this
+Defined here, not in :mod:`pipelines.build.fetch`, so the build parameters (``BuildParams.fetch``) can
+carry them: ``schemas`` never imports from ``pipelines``. ``pipelines.build.fetch.FetchConfig`` is this
 class under its older name.
 
 The settings are stored with a flow run's parameters (the Prefect UI shows them): put no

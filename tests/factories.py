@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.sources.gltf_writer import Channel, GlbBuilder
-from pipelines.sources.procedural import generate_rig_bytes
-from pipelines.sources.rig_geometry import Tube, tube_mesh
+from pipelines.build.sources.gltf_writer import Channel, GlbBuilder
+from pipelines.build.sources.procedural import generate_rig_bytes
+from pipelines.build.sources.rig_geometry import Tube, tube_mesh
 
 CHAIN_BONES = 3
 BONE_LENGTH = 0.4

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipelines.sources.gltf_writer import GltfWriteError, accessor_array, read_glb
-from pipelines.sources.procedural import generate_rig_bytes
+from pipelines.build.sources.gltf_writer import GltfWriteError, accessor_array, read_glb
+from pipelines.build.sources.procedural import generate_rig_bytes
 from tests import factories
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from pipelines.store import DatasetStore
-from pipelines.synthetic_samples import synthetic_sample
-from pipelines.training_config import TrainConfig
+from pipelines.build.store import DatasetStore
+from pipelines.train.config import TrainConfig
 from schemas.render import RenderSpec
+from tests.synthetic_samples import synthetic_sample
 
 # 16 px pixel space: the smallest grid the render spec allows and SSIM accepts; fast on one thread.
 SYNTHETIC_SPEC = RenderSpec(n_views=2, n_frames=2, resolution=16)
@@ -86,7 +86,7 @@ def build_tiny_dataset(root: Path, n_assets: int = 3) -> str:
 
 def held_out_seed(lance: str, val_fraction: float) -> int:
     """The first split seed that leaves both a training and a held-out asset."""
-    from pipelines.dataset import split_of
+    from pipelines.build.dataset import split_of
 
     shas = set(DatasetStore(lance).read_samples(columns=["sha256"]).column("sha256").to_pylist())
     for seed in range(1000):

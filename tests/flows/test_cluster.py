@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.sources.procedural import generate_assets
-from pipelines.store import DatasetStore
-from tests.flows.conftest import cli_build, free_port, kill_session, report_from_log, wait_for_line
+from pipelines.build.sources.procedural import generate_assets
+from pipelines.build.store import DatasetStore
+from tests.flows.conftest import (
+    cli_build,
+    free_port,
+    kill_session,
+    report_from_log,
+    wait_for_line,
+)
 
 pytestmark = pytest.mark.slow
 

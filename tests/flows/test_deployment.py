@@ -14,8 +14,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from pipelines.sources.procedural import generate_assets
-from pipelines.store import DatasetStore
+from pipelines.build.sources.procedural import generate_assets
+from pipelines.build.store import DatasetStore
 from tests.flows.conftest import TINY_RENDER
 
 pytestmark = pytest.mark.slow

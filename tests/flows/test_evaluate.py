@@ -12,9 +12,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.cli import main
 from flows.evaluate import evaluate_sp4d
-from pipelines.evaluation import ALL_METRICS, EvalComparison
-from pipelines.training import train
-from pipelines.training_runs import open_run, pin_dataset
+from pipelines.evaluate.evaluation import ALL_METRICS, EvalComparison
+from pipelines.train.loop import train
+from pipelines.train.runs import open_run, pin_dataset
 from tests.training_helpers import synthetic_store, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

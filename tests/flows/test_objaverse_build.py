@@ -14,19 +14,23 @@ import gzip
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.logging.handlers import APILogWorker
 
 from flows.build import FETCH_RETRIES, build_kinematicparts20k
 from flows.report import BuildReport
-from pipelines.sources.objaverse_xl import sketchfab_object_paths_file
-from pipelines.sources.procedural import generate_rig_bytes
-from pipelines.store import DatasetStore
+from pipelines.build.sources.objaverse_xl import sketchfab_object_paths_file
+from pipelines.build.sources.procedural import generate_rig_bytes
+from pipelines.build.store import DatasetStore
 from schemas.fetch import FetchSettings
 from tests import factories
 from tests.flows.conftest import TINY_RENDER

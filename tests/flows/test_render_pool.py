@@ -15,8 +15,8 @@ from functools import partial
 import pytest
 
 from flows.render_pool import Job, PoolError, PoolEvent, RenderPool
-from pipelines.sources.procedural import generate_assets
-from pipelines.worker import AssetWorker
+from pipelines.build.sources.procedural import generate_assets
+from pipelines.build.worker import AssetWorker
 from schemas.assets import AssetRef, RejectReason
 from schemas.filters import FilterRules
 from schemas.render import RenderSpec

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from flows.build import build_kinematicparts20k
-from pipelines.sources.procedural import generate_assets
-from pipelines.store import KEY_COLUMN, DatasetStore
+from pipelines.build.sources.procedural import generate_assets
+from pipelines.build.store import KEY_COLUMN, DatasetStore
 from tests.flows.conftest import TINY_RENDER, cli_build, kill_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session", "prefect_api")]

@@ -11,14 +11,14 @@ import pytest
 from flows.build import fetch_assets, finished_assets, outcome_rows, pool_shape
 from flows.ray_cluster import RayConnection
 from flows.render_pool import Job, Outcome, WorkerInfo
-from pipelines.sources.procedural import generate_assets
-from pipelines.store import DatasetStore
-from pipelines.synthetic_samples import synthetic_sample
-from pipelines.worker import WorkResult
-from schemas.assets import AssetRef, ProbeReport, RejectReason, Rejection
+from pipelines.build.sources.procedural import generate_assets
+from pipelines.build.store import DatasetStore
+from pipelines.build.worker import WorkResult
+from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
 from schemas.params import BuildParams
 from schemas.render import RenderSpec
 from schemas.tables import AssetRow
+from tests.synthetic_samples import synthetic_sample
 
 SPEC = RenderSpec(n_views=2, n_frames=2, resolution=16)
 CONFIG = SPEC.config_hash()

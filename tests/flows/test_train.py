@@ -26,14 +26,20 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.cli import main
 from flows.evaluate import evaluate_sp4d
 from flows.train import train_sp4d
-from pipelines.checkpoints import latest_checkpoint, list_checkpoints
-from pipelines.evaluation import ALL_METRICS, EvalComparison
-from pipelines.latents import open_latents
-from pipelines.store import DatasetStore
-from pipelines.training import METRICS, TrainReport, state_digest
+from pipelines.build.store import DatasetStore
+from pipelines.evaluate.evaluation import ALL_METRICS, EvalComparison
+from pipelines.train.checkpoints import latest_checkpoint, list_checkpoints
+from pipelines.train.latents import open_latents
+from pipelines.train.loop import METRICS, TrainReport, state_digest
 from pipelines.version import code_version
 from tests.flows.conftest import REPO_ROOT, kill_session
-from tests.training_helpers import build_tiny_dataset, held_out_seed, synthetic_store, tiny_config, write_tiny_vae
+from tests.training_helpers import (
+    build_tiny_dataset,
+    held_out_seed,
+    synthetic_store,
+    tiny_config,
+    write_tiny_vae,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -22,9 +22,9 @@ from flows.build import build_kinematicparts20k
 from flows.evaluate import FLOW_NAME as EVALUATE_FLOW
 from flows.train import COMPLETED_EVENT
 from flows.train import FLOW_NAME as TRAIN_FLOW
-from pipelines.checkpoints import latest_checkpoint
-from pipelines.evaluation import ALL_METRICS, EvalComparison, EvalConfig
-from pipelines.training_config import TrainConfig
+from pipelines.evaluate.evaluation import ALL_METRICS, EvalComparison, EvalConfig
+from pipelines.train.checkpoints import latest_checkpoint
+from pipelines.train.config import TrainConfig
 from tests.flows.conftest import REPO_ROOT, TINY_RENDER, VENV_BIN
 from tests.training_helpers import build_tiny_dataset, held_out_seed
 

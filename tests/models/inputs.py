@@ -7,7 +7,7 @@ import torch
 
 from models.unet import MultiViewUNet
 from models.vae import to_model_range
-from pipelines.colour import encode_palette, encode_part_image
+from pipelines.build.colour import encode_palette, encode_part_image
 from schemas.parts import ColourRules
 
 # Albedo of each part in the RGB video (unlike the part colours), and the backdrop.

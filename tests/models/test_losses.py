@@ -9,7 +9,12 @@ import torch
 from diffusers import EDMEulerScheduler
 
 from models.errors import ModelInputError
-from models.losses import DiffusionObjective, EDMPreconditioning, part_contrastive_loss, training_step
+from models.losses import (
+    DiffusionObjective,
+    EDMPreconditioning,
+    part_contrastive_loss,
+    training_step,
+)
 from models.sp4d import SP4DModel
 from models.unet import MultiViewUNet
 

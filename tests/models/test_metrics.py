@@ -8,7 +8,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from models.metrics import adjusted_rand_index, part_metrics, part_metrics_grid, psnr, ssim
+from models.metrics import (
+    adjusted_rand_index,
+    part_metrics,
+    part_metrics_grid,
+    psnr,
+    ssim,
+)
 
 # 4 x 4 label maps. TWO_HALVES: part 0 on the left two columns (8 px), part 1 on the right two (8 px).
 TWO_HALVES = np.array([[0, 0, 1, 1]] * 4)

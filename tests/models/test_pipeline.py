@@ -1,4 +1,4 @@
-"""Sampling and the codecs: shapes, frame order through SVD's temporal decoder, part decoding."""
+"""Sampling and the codecs: shapes, frame order through SVD's temporal decoder."""
 
 from __future__ import annotations
 
@@ -8,10 +8,17 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
 
 from models.errors import ModelInputError
-from models.pipeline import SP4DPipeline, decode_generated_parts, edm_scheduler
+from models.pipeline import SP4DPipeline, edm_scheduler
 from models.sp4d import SP4DModel
 from models.unet import MultiViewUNet
-from models.vae import PixelCodec, VAECodec, decode_grid, encode_grid, to_model_range, to_uint8
+from models.vae import (
+    PixelCodec,
+    VAECodec,
+    decode_grid,
+    encode_grid,
+    to_model_range,
+    to_uint8,
+)
 from tests.models.inputs import block_palette, block_part_ids, block_videos
 
 
@@ -42,27 +49,25 @@ def test_pipeline_generates_rgb_and_part_videos_through_a_vae():
     pipe = SP4DPipeline(model, codec)
     video, elevation, azimuth, palette = video_and_cameras(views=3)
     embeddings = torch.randn(1, 1, 16)
-    out = pipe(video, elevation, azimuth, embeddings, [palette], num_inference_steps=2,
+    out = pipe(video, elevation, azimuth, embeddings, num_inference_steps=2,
                generator=torch.Generator().manual_seed(0))
     assert out.rgb.shape == out.parts.shape == (1, 3, 2, 16, 16, 3)
     assert out.rgb.dtype == out.parts.dtype == np.uint8
-    assert out.part_ids.shape == (1, 3, 2, 16, 16) and out.part_ids.dtype == np.int16
-    assert out.part_ids.min() >= -1 and out.part_ids.max() < len(palette)
-    again = pipe(video, elevation, azimuth, embeddings, [palette], num_inference_steps=2,
+    again = pipe(video, elevation, azimuth, embeddings, num_inference_steps=2,
                  generator=torch.Generator().manual_seed(0))
     assert np.array_equal(again.rgb, out.rgb) and np.array_equal(again.parts, out.parts)
 
 
-def test_pipeline_without_palettes_returns_no_ids_and_checks_palette_count():
+def test_pixel_space_pipeline_checks_its_inputs():
     torch.manual_seed(1)
     model = SP4DModel(branch_config=MultiViewUNet.tiny_config(in_channels=6, out_channels=3)).eval()
     pipe = SP4DPipeline(model, PixelCodec(), edm_scheduler(sigma_max=80.0))
-    video, elevation, azimuth, palette = video_and_cameras()
+    video, elevation, azimuth, _ = video_and_cameras()
     out = pipe(video, elevation, azimuth, torch.zeros(1, 1, 16), num_inference_steps=1)
-    assert out.part_ids is None and out.parts.shape == (1, 2, 2, 16, 16, 3)
+    assert out.parts.shape == (1, 2, 2, 16, 16, 3)
     with pytest.raises(ModelInputError) as error:
-        pipe(video, elevation, azimuth, torch.zeros(1, 1, 16), [palette, palette], num_inference_steps=1)
-    assert error.value.reason == "missing_palette"
+        pipe(video, elevation[:, :1].expand(2, 1), azimuth, torch.zeros(1, 1, 16), num_inference_steps=1)
+    assert error.value.reason == "bad_shape"
     with pytest.raises(ModelInputError) as error:
         pipe(video.astype(np.float32), elevation, azimuth, torch.zeros(1, 1, 16), num_inference_steps=1)
     assert error.value.reason == "bad_dtype"
@@ -95,11 +100,3 @@ def test_pixel_codec_round_trip_is_exact_for_every_level():
     codec = PixelCodec()
     back = to_uint8(codec.decode(codec.encode(to_model_range(image)[None]), num_frames=1))[0]
     assert np.array_equal(back, image)
-
-
-def test_generated_part_maps_decode_to_the_nearest_colour_or_background():
-    palette = np.array([[200, 40, 40], [40, 200, 40]], dtype=np.uint8)
-    pixels = np.array([[[190, 50, 45], [0, 0, 0], [60, 170, 60], [30, 25, 20], [150, 110, 40]]], dtype=np.uint8)
-    assert decode_generated_parts(pixels, palette).tolist() == [[0, -1, 1, -1, 0]]
-    # With a limit, pipelines.colour's exact semantics: far from every colour is unknown.
-    assert decode_generated_parts(pixels, palette, limit=20.0).tolist() == [[0, -1, -1, -1, -1]]

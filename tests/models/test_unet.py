@@ -8,7 +8,6 @@ import torch
 from models.attention import _frames_to_views, _views_to_frames
 from models.errors import ModelInputError
 from models.unet import MultiViewUNet
-
 from tests.models.inputs import random_inputs
 
 

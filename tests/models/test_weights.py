@@ -6,11 +6,15 @@ import re
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLTemporalDecoder,
+    UNetSpatioTemporalConditionModel,
+)
 
 from models.errors import ModelInputError, WeightsNotFoundError
-from models.weights import load_svd_unet, load_svd_weights, load_vae
 from models.unet import MultiViewUNet
+from models.weights import load_svd_unet, load_svd_weights, load_vae
 
 
 @pytest.fixture(scope="module")

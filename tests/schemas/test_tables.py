@@ -12,7 +12,14 @@ import pyarrow as pa
 import pytest
 from pydantic import BaseModel, Field
 
-from schemas.assets import AssetRef, BoneInfo, ClipInfo, ProbeReport, Rejection, RejectReason
+from schemas.assets import (
+    AssetRef,
+    BoneInfo,
+    ClipInfo,
+    ProbeReport,
+    Rejection,
+    RejectReason,
+)
 from schemas.parts import PartMap
 from schemas.render import Camera, RenderSpec
 from schemas.samples import Sample, sample_key

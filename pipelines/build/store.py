@@ -1,0 +1,292 @@
+"""The Lance tables of a build: ``samples``, ``assets`` and ``rejections``, written idempotently.
+
+A store is a folder (local path or ``s3://`` URI) holding ``samples.lance``, ``assets.lance`` and
+``rejections.lance``. Every table has one non-null string primary key, marked with Lance's
+``lance-schema:unenforced-primary-key`` field metadata:
+
+- ``samples``: ``sample_id`` (= ``sample_key(sha256, clip, config_hash)``);
+- ``assets``: ``row_key`` = :func:`asset_key` (asset sha256, config hash);
+- ``rejections``: ``row_key`` = :func:`rejection_key` (sha256, file identifier, clip, config hash, stage).
+
+Writes are "insert if not exists" (the first write of a key wins): keys already in the table or
+repeated within the batch are dropped, the rest go through one ``merge_insert`` on the key, so a
+batch is one atomic commit (one new version) or nothing. With the primary key set, Lance detects two
+committers inserting the same new key and retries the loser against the new version, so even
+concurrent writers add no duplicate (see docs/storage.md); the design still has one committer per
+table, the flow's driver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import zipfile
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
+
+import lance
+import pyarrow as pa
+from pydantic import BaseModel
+
+from pipelines.build.framepack import grid_shape
+from schemas.assets import Rejection, RejectReason
+from schemas.errors import ReasonError
+from schemas.samples import Sample, sample_key
+from schemas.tables import ASSETS_SCHEMA, BLOB_METADATA, REJECTIONS_SCHEMA, SAMPLES_SCHEMA, AssetRow, to_row
+
+TableName = Literal["samples", "assets", "rejections"]
+TABLES: tuple[TableName, ...] = ("samples", "assets", "rejections")
+PRIMARY_KEY_METADATA = {b"lance-schema:unenforced-primary-key": b"true"}
+BLOB_COLUMNS = tuple(f.name for f in SAMPLES_SCHEMA if f.metadata == BLOB_METADATA)
+
+# Reasons that say nothing about the asset itself: a refresh tries those assets again by default.
+TRANSIENT_REASONS = frozenset({RejectReason.download_failed, RejectReason.timeout, RejectReason.crashed})
+
+# Rows converted to Arrow at a time while streaming a write: bounds the memory a write holds.
+WRITE_CHUNK_ROWS = 16
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class StoreError(ReasonError, ValueError):
+    """A write or read the store refuses; ``reason`` is a stable code, nothing was committed."""
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+def asset_key(sha256: str, config_hash: str) -> str:
+    """Primary key of an ``assets`` row."""
+    return _digest(sha256, config_hash)
+
+
+def rejection_key(sha256: str, file_identifier: str, clip: str, config_hash: str, stage: str) -> str:
+    """Primary key of a ``rejections`` row.
+
+    The file identifier is part of it: two copies of the same bytes (a duplicate, a second mirror
+    that failed to download) each keep their own answer to "why was this left out".
+    """
+    return _digest(sha256, file_identifier, clip, config_hash, stage)
+
+
+def _with_primary_key(schema: pa.Schema, key: str) -> pa.Schema:
+    if key in schema.names:
+        index = schema.get_field_index(key)
+        return schema.set(index, schema.field(key).with_metadata(PRIMARY_KEY_METADATA))
+    return schema.insert(0, pa.field(key, pa.string(), nullable=False, metadata=PRIMARY_KEY_METADATA))
+
+
+KEY_COLUMN: dict[TableName, str] = {"samples": "sample_id", "assets": "row_key", "rejections": "row_key"}
+TABLE_SCHEMAS: dict[TableName, pa.Schema] = {
+    "samples": _with_primary_key(SAMPLES_SCHEMA, "sample_id"),
+    "assets": _with_primary_key(ASSETS_SCHEMA, "row_key"),
+    "rejections": _with_primary_key(REJECTIONS_SCHEMA, "row_key"),
+}
+
+
+def sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def check_sample(sample: Sample) -> Sample:
+    """Refuse a sample whose key or payloads contradict its own fields (a bug upstream)."""
+    expected = sample_key(sample.sha256, sample.clip, sample.config_hash)
+    if sample.sample_id != expected:
+        raise StoreError("bad_sample_id", f"{sample.sample_id} is not sample_key(...) = {expected}")
+    if len(sample.cameras) != sample.n_views:
+        raise StoreError("bad_grid", f"{sample.sample_id}: {len(sample.cameras)} cameras for {sample.n_views} views")
+    for column in BLOB_COLUMNS:
+        try:
+            shape = grid_shape(getattr(sample, column))
+        except (zipfile.BadZipFile, ValueError) as exc:
+            raise StoreError("bad_frame_pack", f"{sample.sample_id}.{column}: {exc}") from exc
+        if shape != (sample.n_views, sample.n_frames):
+            raise StoreError(
+                "bad_frame_pack",
+                f"{sample.sample_id}.{column} holds {shape[0]}x{shape[1]} views x frames, "
+                f"the row says {sample.n_views}x{sample.n_frames}",
+            )
+    return sample
+
+
+def table_uri(uri: str, table: TableName) -> str:
+    return f"{uri.rstrip('/')}/{table}.lance"
+
+
+def open_table(
+    uri: str, table: TableName, version: int | None = None, storage_options: dict[str, str] | None = None
+) -> lance.LanceDataset:
+    """A read-only handle on one table of the store at ``uri``, at ``version`` (the latest when None)."""
+    try:
+        return lance.dataset(table_uri(uri, table), version=version, storage_options=storage_options)
+    except ValueError as exc:
+        missing = "no such table" if version is None else f"no version {version}"
+        raise StoreError("version_not_found", f"{table_uri(uri, table)}: {missing} ({exc})") from exc
+
+
+class DatasetStore:
+    """The three tables of one dataset, under ``uri``. Opening a store creates missing empty tables."""
+
+    def __init__(self, uri: str, storage_options: dict[str, str] | None = None):
+        self.uri = uri.rstrip("/")
+        self.storage_options = storage_options
+        for name in TABLES:
+            self._create_if_missing(name)
+
+    # -- paths and handles -------------------------------------------------------------------
+
+    def checkout(self, version: int | None = None, table: TableName = "samples") -> lance.LanceDataset:
+        """A read-only handle on ``table`` at ``version`` (the latest when None)."""
+        return open_table(self.uri, table, version, self.storage_options)
+
+    def version(self, table: TableName = "samples") -> int:
+        return self.checkout(None, table).version
+
+    def _create_if_missing(self, table: TableName) -> None:
+        path = table_uri(self.uri, table)
+        try:
+            existing = lance.dataset(path, storage_options=self.storage_options)
+        except ValueError:
+            empty = TABLE_SCHEMAS[table].empty_table()
+            try:
+                lance.write_dataset(empty, path, mode="create", storage_options=self.storage_options)
+            except OSError as exc:  # another process created it first
+                if "already exists" not in str(exc):
+                    raise
+            return
+        expected, found = TABLE_SCHEMAS[table].names, existing.schema.names
+        if expected != found:
+            raise StoreError("schema_mismatch", f"{path} has columns {found}, this code writes {expected}")
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def write_samples(self, samples: Iterable[Sample]) -> int:
+        """Insert the samples whose ``sample_id`` is new, in one commit; returns the rows added.
+
+        ``samples`` is streamed (a generator reading a shard from staging never holds it all).
+        """
+        return self._insert_new("samples", samples, lambda s: check_sample(s).sample_id)
+
+    def write_assets(self, rows: Iterable[AssetRow]) -> int:
+        return self._insert_new("assets", rows, lambda r: asset_key(r.asset.sha256, r.config_hash))
+
+    def write_rejections(self, rows: Iterable[Rejection]) -> int:
+        return self._insert_new("rejections", rows, lambda r: rejection_key(r.sha256, r.file_identifier, r.clip, r.config_hash, r.stage))
+
+    def _insert_new(self, table: TableName, records: Iterable[R], key_of: Callable[[R], str]) -> int:
+        dataset = self.checkout(None, table)
+        key_column = KEY_COLUMN[table]
+        schema = TABLE_SCHEMAS[table]
+        seen = set(dataset.to_table(columns=[key_column]).column(key_column).to_pylist())
+        failure: list[BaseException] = []
+
+        def new_rows() -> Iterator[dict[str, Any]]:
+            for record in records:
+                key = key_of(record)
+                if key not in seen:
+                    seen.add(key)
+                    yield {**to_row(record), key_column: key}
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            rows = new_rows()
+            try:
+                while chunk := list(itertools.islice(rows, WRITE_CHUNK_ROWS)):
+                    yield pa.RecordBatch.from_pylist(chunk, schema=schema)
+            except BaseException as exc:  # Lance wraps it in an OSError; re-raised as is below
+                failure.append(exc)
+                raise
+
+        stream = batches()
+        first = next(stream, None)
+        if first is None:
+            return 0  # nothing new: no empty commit, no new version
+        reader = pa.RecordBatchReader.from_batches(schema, itertools.chain([first], stream))
+        try:
+            stats = dataset.merge_insert(key_column).when_not_matched_insert_all().execute(reader)
+        except OSError:
+            if failure:
+                raise failure[0] from None
+            raise
+        return int(stats["num_inserted_rows"])
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def read(
+        self,
+        table: TableName,
+        version: int | None = None,
+        columns: Sequence[str] | None = None,
+        filter: str | None = None,
+    ) -> pa.Table:
+        """Rows of ``table`` at ``version``; blob columns come back as bytes (name only the columns
+        you need on a large table, or read payloads lazily with :meth:`take_blobs`)."""
+        dataset = self.checkout(version, table)
+        return dataset.to_table(
+            columns=list(columns) if columns is not None else None, filter=filter, blob_handling="all_binary"
+        )
+
+    def read_samples(
+        self, version: int | None = None, columns: Sequence[str] | None = None, filter: str | None = None
+    ) -> pa.Table:
+        return self.read("samples", version, columns, filter)
+
+    def existing_sample_ids(self, config_hash: str | None = None, version: int | None = None) -> set[str]:
+        where = None if config_hash is None else f"config_hash = {sql_literal(config_hash)}"
+        return set(self.read_samples(version, ["sample_id"], where).column("sample_id").to_pylist())
+
+    def decided_assets(
+        self, config_hash: str, retry: Iterable[RejectReason] = TRANSIENT_REASONS
+    ) -> dict[str, Literal["sample", "rejected"]]:
+        """sha256 -> what a build with ``config_hash`` already decided, so a refresh skips it.
+
+        An asset with a sample under this config is ``"sample"``; otherwise one with a rejection under
+        this config, or a config-independent one (``config_hash == ""``, e.g. prefilter or probe), is
+        ``"rejected"``, except rejections whose reason is in ``retry`` (transient ones by default).
+        """
+        where = f"config_hash = {sql_literal(config_hash)}"
+        rejected = self.read(
+            "rejections", columns=["sha256", "reason"], filter=f"{where} OR config_hash = ''"
+        ).to_pylist()
+        retry_codes = {RejectReason(r).value for r in retry}
+        decided: dict[str, Literal["sample", "rejected"]] = {
+            row["sha256"]: "rejected" for row in rejected if row["reason"] not in retry_codes
+        }
+        for sha in self.read_samples(columns=["sha256"], filter=where).column("sha256").to_pylist():
+            decided[sha] = "sample"
+        return decided
+
+    def finished_assets(self, config_hash: str, driver_stages: Iterable[str]) -> set[str]:
+        """The resume rule: sha256s a build with ``config_hash`` need not touch again.
+
+        The decisions (a sample, or a non-transient rejection) minus the assets a worker started to
+        commit whose ``assets`` row, written last in a shard, is missing: a kill between a shard's
+        commits leaves those, and they are done again. Rejections from ``driver_stages`` (decided by the
+        driver, not written by a worker) need no marker.
+        """
+        where = f"config_hash = {sql_literal(config_hash)}"
+        marked = {a["sha256"] for a in self.read("assets", columns=["asset"], filter=where).column("asset").to_pylist()}
+        touched = set(self.read_samples(columns=["sha256"], filter=where).column("sha256").to_pylist())
+        stages = ", ".join(sql_literal(s) for s in driver_stages)
+        worker_rejections = self.read("rejections", columns=["sha256"], filter=f"{where} AND stage NOT IN ({stages})")
+        touched |= set(worker_rejections.column("sha256").to_pylist())
+        return set(self.decided_assets(config_hash)) - (touched - marked)
+
+    def take_blobs(self, column: str, sample_ids: Sequence[str], version: int | None = None) -> list[lance.BlobFile]:
+        """Lazy file objects over one blob column, in the order of ``sample_ids``: a reader fetches
+        only the bytes it reads (``framepack.unpack`` reads just the frames it is asked for)."""
+        if column not in BLOB_COLUMNS:
+            raise StoreError("not_a_blob_column", f"{column!r} is not one of {BLOB_COLUMNS}")
+        wanted = list(sample_ids)
+        if not wanted:
+            return []
+        dataset = self.checkout(version, "samples")
+        found = dataset.to_table(
+            columns=["sample_id"],
+            filter=f"sample_id IN ({', '.join(map(sql_literal, wanted))})",
+            with_row_address=True,
+        )
+        address = dict(zip(found.column("sample_id").to_pylist(), found.column("_rowaddr").to_pylist()))
+        missing = [s for s in wanted if s not in address]
+        if missing:
+            raise StoreError("sample_not_found", f"no samples {missing[:5]} at version {dataset.version}")
+        return dataset.take_blobs(column, addresses=[address[s] for s in wanted])

@@ -1,0 +1,168 @@
+"""A long-lived render worker: one warm Blender turning assets into samples, one asset at a time.
+
+For each asset: probe, filter, then per accepted clip parts + render + frame packs -> ``Sample``; the
+session is reset afterwards. A bad asset never raises: every failure becomes a ``Rejection`` with a
+reason code, and the worker is ready for the next asset. (A crash or hang of Blender itself kills the
+process; the render pool catches that, records ``crashed`` / ``timeout`` and starts a new worker.)
+
+Clips: by default every clip of the asset that passes the filters is rendered (Fox.glb gives three
+samples); ``clips`` picks some by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.build import filters
+from pipelines.build.blender.errors import BlenderStageError
+from pipelines.build.blender.probe import probe_asset
+from pipelines.build.blender.render import RenderedGrid, render_grid
+from pipelines.build.blender.session import BlenderSession
+from pipelines.build.framepack import pack
+from pipelines.build.parts import PartsError
+from pipelines.version import code_version
+from schemas.assets import AssetRef, ProbeReport, RejectReason, Rejection
+from schemas.filters import FilterRules
+from schemas.render import RenderSpec
+from schemas.samples import Sample, sample_key
+
+
+@dataclass
+class WorkResult:
+    asset: AssetRef
+    probe: ProbeReport | None
+    samples: list[Sample] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    seconds: float = 0.0
+    n_renders: int = 0
+    log_path: str | None = None  # everything Blender printed in this worker's session
+
+
+def object_seed(spec: RenderSpec, sha256: str) -> int:
+    """The per-object seed (elevation draws): stable for the same spec seed and content."""
+    return int.from_bytes(hashlib.sha256(f"{spec.seed}\x00{sha256}".encode()).digest()[:8], "little")
+
+
+def render_config(spec: RenderSpec) -> str:
+    """The spec as canonical JSON, the text its config_hash is taken over."""
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+class AssetWorker:
+    """Renders assets with one warm :class:`BlenderSession`; ``threads`` defaults to ``spec.threads``.
+
+    ``n_assets`` and ``n_renders`` count this worker's lifetime work, so a pool can recycle it after
+    N assets (long-lived Blender processes have been seen to hang after hundreds of renders).
+    """
+
+    def __init__(
+        self, spec: RenderSpec, filters: FilterRules, threads: int | None = None, log_path: str | Path | None = None
+    ) -> None:
+        self.spec = spec
+        self.filters = filters
+        self.session = BlenderSession(threads=spec.threads if threads is None else threads, log_path=log_path)
+        self.config_hash = spec.config_hash()
+        self.code_version = code_version()
+        self.n_assets = 0
+        self.n_renders = 0
+
+    def process(self, asset: AssetRef, clips: list[str] | None = None) -> WorkResult:
+        started = time.perf_counter()
+        result = WorkResult(asset=asset, probe=None, log_path=str(self.session.log_path))
+        try:
+            self._process(asset, clips, result)
+        finally:
+            self.session.reset()
+            self.n_assets += 1
+            self.n_renders += result.n_renders
+            result.seconds = time.perf_counter() - started
+        return result
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _process(self, asset: AssetRef, clips: list[str] | None, result: WorkResult) -> None:
+        if asset.local_path is None:
+            result.rejections.append(self._reject(asset, "fetch", RejectReason.file_missing, "asset has no local_path"))
+            return
+        probe = probe_asset(self.session, asset.local_path, asset.sha256)
+        result.probe = probe
+        accepted, rejected = filters.select_clips(probe, self.filters, clips)
+        stage = "probe" if not probe.ok else "filter"
+        result.rejections += [self._reject(asset, stage, reason, detail, clip) for clip, reason, detail in rejected]
+        for n, clip in enumerate(accepted):
+            try:
+                if n:  # rendering changed the scene (materials, hidden objects): start the next clip clean
+                    self.session.load(asset.local_path)
+                grid = render_grid(self.session, clip, self.spec, object_seed(self.spec, asset.sha256))
+            except (BlenderStageError, PartsError) as exc:
+                stage = "parts" if isinstance(exc, PartsError) else "render"
+                result.rejections.append(self._reject(asset, stage, exc.reason, exc.detail, clip))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one asset's surprise must not lose the batch
+                detail = f"{type(exc).__name__}: {exc}"[:500]
+                result.rejections.append(self._reject(asset, "render", RejectReason.render_failed, detail, clip))
+                continue
+            result.n_renders += grid.n_renders
+            result.samples.append(self._sample(asset, probe, grid))
+
+    def _sample(self, asset: AssetRef, probe: ProbeReport, grid: RenderedGrid) -> Sample:
+        n_views, n_frames, height, width = grid.part_ids.shape
+        return Sample(
+            sample_id=sample_key(asset.sha256, grid.clip, self.config_hash),
+            sha256=asset.sha256,
+            file_identifier=asset.file_identifier,
+            source=asset.source,
+            license=asset.license,
+            clip=grid.clip,
+            fps=grid.fps,
+            frame_times=grid.frame_times,
+            n_views=n_views,
+            n_frames=n_frames,
+            height=height,
+            width=width,
+            cameras=grid.cameras,
+            part_map=grid.part_map,
+            normalisation_scale=grid.normalisation_scale,
+            normalisation_offset=grid.normalisation_offset,
+            rgb=pack(grid.rgb),
+            parts=pack(grid.parts),
+            alpha=pack(grid.alpha),
+            render_config=render_config(self.spec),
+            config_hash=self.config_hash,
+            code_version=self.code_version,
+            probe_seconds=probe.seconds,
+            render_seconds=grid.timings["total"],
+        )
+
+    def _reject(
+        self, asset: AssetRef, stage: str, reason: RejectReason, detail: str, clip: str = ""
+    ) -> Rejection:
+        return Rejection(
+            sha256=asset.sha256,
+            file_identifier=asset.file_identifier,
+            source=asset.source,
+            stage=stage,
+            reason=reason,
+            detail=detail,
+            clip=clip,
+            config_hash=self.config_hash,
+            code_version=self.code_version,
+        )
+
+
+def worker_logging_to(log_dir: str | Path, spec: RenderSpec, filters: FilterRules) -> AssetWorker:
+    """A worker whose Blender output goes to ``log_dir/blender-<host>-<pid>.log``.
+
+    The log outlives the worker on purpose: a worker killed on a timeout cannot clean up after
+    itself, and its log is what says why. One file per worker process.
+    """
+    folder = Path(log_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return AssetWorker(spec, filters, log_path=folder / f"blender-{socket.gethostname()}-{os.getpid()}.log")

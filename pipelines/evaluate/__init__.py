@@ -1,0 +1,1 @@
+"""Everything ``evaluate-sp4d`` needs: decoding generated part maps, metrics, reports."""

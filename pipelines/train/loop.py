@@ -1,0 +1,454 @@
+"""The SP4D training loop on ``accelerate``: two phases, gradient accumulation, exact resume.
+
+Phase 1 trains the RGB branch alone for ``rgb_steps`` steps; then the part branch becomes a copy of
+it and both branches train with BiDiFuse (zero-initialised, so the copy starts out unchanged). One
+:class:`SP4DModel` is prepared for the whole run and phase 1 only runs its RGB branch, so the
+optimiser, scheduler and checkpoints keep one shape across the switch.
+
+Resume: a checkpoint holds the model (a diffusers folder ``sp4d/``), optimiser, scheduler, RNG states
+and :class:`Progress` (step, batches consumed, phase). A restarted run loads the newest one and
+continues from the same step and the same data position: the sampler is a seeded permutation per
+epoch and the batches of the epoch already consumed are skipped, not replayed; the noise of every
+batch is drawn from a generator seeded by (seed, batch index, process). So a run killed and resumed
+computes the same steps as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    set_seed,
+)
+from diffusers.optimization import get_scheduler
+from pydantic import BaseModel, Field
+from torch import nn
+from torch.utils.data import Sampler
+
+from models.losses import DiffusionObjective, training_step
+from models.sp4d import SP4DModel
+from models.unet import MultiViewUNet
+from models.vae import LatentCodec, VAECodec, encode_grid
+from pipelines.build.dataset import KinematicPartsDataset, data_loader
+from pipelines.train.checkpoints import (
+    Checkpoint,
+    CheckpointRecord,
+    DatasetPin,
+    RunError,
+    RunLock,
+    checkpoint_name,
+    clear_staging,
+    commit_checkpoint,
+    latest_checkpoint,
+    prune_checkpoints,
+    staging_path,
+)
+from pipelines.train.config import TrainConfig
+from pipelines.train.latents import LatentDataset, LatentReader, codec_id, load_codec
+from pipelines.version import code_version
+
+MODEL_FOLDER = "sp4d"  # inside a checkpoint: SP4DModel.from_pretrained(<checkpoint>/sp4d)
+METRICS = "metrics.jsonl"
+TRACKER_PROJECT = "train-sp4d"
+
+
+# ------------------------------------------------------------------------------------- batches
+
+
+def zero_context(batch_size: int, dim: int, device: torch.device | str) -> torch.Tensor:
+    """The cross-attention context: one zero token. No CLIP image encoder is wired in yet; the input
+    video reaches the model through its latents (``cond_latents``)."""
+    return torch.zeros(batch_size, 1, dim, device=device)
+
+
+def model_inputs(batch: dict[str, Any], codec: LatentCodec, context_dim: int) -> dict[str, torch.Tensor]:
+    """A dataset batch -> the inputs of :func:`models.losses.training_step`.
+
+    Latents come from the batch when precomputed, else from the codec. View 0 is the input video
+    (``cond_latents``); cameras go from radians (dataset) to degrees (model).
+    """
+    if "rgb_latents" in batch:
+        rgb, parts = batch["rgb_latents"], batch["part_latents"]
+    else:
+        rgb, parts = encode_grid(codec, batch["rgb"]), encode_grid(codec, batch["parts"])
+    cameras = batch["cameras"]
+    return {
+        "rgb_latents": rgb,
+        "part_latents": parts,
+        "cond_latents": rgb[:, 0],
+        "image_embeddings": zero_context(rgb.shape[0], context_dim, rgb.device),
+        "elevation": torch.rad2deg(cameras["elevation"]),
+        "azimuth": torch.rad2deg(cameras["azimuth"]),
+        "part_masks": batch["part_ids"],
+    }
+
+
+def branch_config(config: TrainConfig, codec: LatentCodec) -> dict[str, Any]:
+    """The configured branch, or the tiny one sized for the codec's channels."""
+    if config.branch_config is not None:
+        return dict(config.branch_config)
+    channels = codec.latent_channels
+    if codec.downscale == 1:
+        # Pixel space: attention over every pixel costs (H*W)^2 (at 64 px a step took 13x longer);
+        # attend only after two 2x downsamplings, where a latent UNet would be.
+        return MultiViewUNet.tiny_config(
+            in_channels=2 * channels,
+            out_channels=channels,
+            block_out_channels=(16, 32, 32),
+            attention_levels=(False, False, True),
+            num_attention_heads=(2, 4, 4),
+        )
+    return MultiViewUNet.tiny_config(in_channels=2 * channels, out_channels=channels)
+
+
+def image_dataset(pin: DatasetPin, config: TrainConfig, split: str | None) -> KinematicPartsDataset:
+    return KinematicPartsDataset(
+        pin.lance_uri,
+        n_views=config.n_views,
+        n_frames=config.n_frames,
+        version=pin.version,
+        view_strategy=config.view_strategy,
+        frame_strategy=config.frame_strategy,
+        split=split,  # type: ignore[arg-type]
+        val_fraction=config.val_fraction,
+        seed=config.split_seed,
+        config_hash=pin.config_hash,
+    )
+
+
+def training_dataset(pin: DatasetPin, config: TrainConfig) -> KinematicPartsDataset | LatentDataset:
+    images = image_dataset(pin, config, "train")
+    if not config.uses_latent_table:
+        return images
+    if pin.latents_version is None:
+        raise RunError("latents_missing", "precompute_latents is on but the run has no latents version: precompute first")
+    return LatentDataset(images, LatentReader(pin.lance_uri, pin.vae_id, pin.latents_version))
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of the items drawn from (seed, epoch): the same epoch always gives the same order."""
+
+    def __init__(self, n_items: int, seed: int):
+        self.n_items, self.seed, self.epoch = n_items, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items).tolist())
+
+
+# --------------------------------------------------------------------------------- the model
+
+
+class DiffusionTrainer(nn.Module):
+    """What ``accelerate`` prepares: the SP4D model and its loss, so that both phases run through the
+    prepared (possibly DDP-wrapped) module's ``forward``."""
+
+    def __init__(self, model: SP4DModel, objective: DiffusionObjective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: dict[str, torch.Tensor], rgb_only: bool, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        network = self.model.rgb_branch if rgb_only else self.model
+        return training_step(network, batch, self.objective, generator)
+
+
+def start_part_branch(model: SP4DModel) -> None:
+    """Phase 2 begins: the part branch becomes a copy of the trained RGB branch."""
+    model.part_branch.load_state_dict(model.rgb_branch.state_dict())
+
+
+@dataclass
+class Progress:
+    """Registered with ``accelerate`` so it is saved and restored with every checkpoint."""
+
+    step: int = 0
+    micro_batches: int = 0
+    part_branch_started: bool = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "micro_batches": self.micro_batches, "part_branch_started": self.part_branch_started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.micro_batches = int(state["step"]), int(state["micro_batches"])
+        self.part_branch_started = bool(state["part_branch_started"])
+
+
+def noise_generator(seed: int, micro_batch: int, process: int, device: torch.device) -> torch.Generator:
+    """The noise of one batch depends on its index alone, not on how the run got there."""
+    mixed = int.from_bytes(np.random.SeedSequence([seed, micro_batch, process]).generate_state(2, np.uint32).tobytes(), "little")
+    return torch.Generator(device=device).manual_seed(mixed)
+
+
+def state_digest(state: Any) -> str:
+    """A content hash of a (nested) state dict: tensors by value, in key order."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            digest.update(str((value.dtype, tuple(value.shape))).encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                digest.update(repr(key).encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                feed(item)
+        else:
+            digest.update(repr(value).encode())
+
+    feed(state)
+    return digest.hexdigest()[:16]
+
+
+def mixed_precision_mode(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+# ----------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks a flow plugs in (the loop itself knows nothing of Prefect)."""
+
+    on_log: Callable[[dict[str, float]], None] | None = None
+    on_checkpoint: Callable[[Checkpoint], None] | None = None
+
+
+class TrainReport(BaseModel):
+    run_dir: str
+    dataset: DatasetPin
+    start_step: int = Field(description="0 for a new run, else the step of the checkpoint it resumed")
+    resumed_from: str | None = None
+    resumed_optimizer_digest: str | None = Field(None, description="state_digest of the optimiser right after load_state")
+    final_step: int
+    checkpoints: list[str] = Field(default_factory=list, description="saved by this process, oldest first")
+    last_losses: dict[str, float] = Field(default_factory=dict)
+    mixed_precision: str
+    steps_per_s: float = 0.0
+    seconds: float = 0.0
+    code_version: str
+
+
+@dataclass
+class _LossMeter:
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    count: int = 0
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            self.sums[name] += float(value.detach())
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {name: total / self.count for name, total in self.sums.items()}
+        self.sums, self.count = defaultdict(float), 0
+        return means
+
+
+def train(run_dir: Path, pin: DatasetPin, config: TrainConfig, hooks: TrainHooks | None = None) -> TrainReport:
+    """Train (or resume) the run in ``run_dir`` up to ``config.max_steps``; see the module docstring."""
+    run_dir = Path(run_dir)
+    hooks = hooks or TrainHooks()
+    with RunLock(run_dir):
+        return _Run(run_dir, pin, config, hooks).run()
+
+
+class _Run:
+    def __init__(self, run_dir: Path, pin: DatasetPin, config: TrainConfig, hooks: TrainHooks):
+        self.run_dir, self.pin, self.config, self.hooks = run_dir, pin, config, hooks
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision_mode(config.mixed_precision),
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+            # Phase 1 leaves the part branch and BiDiFuse without gradients.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        set_seed(config.seed)
+        self.codec = load_codec(config.vae_path)
+        if isinstance(self.codec, VAECodec):
+            self.codec.vae.to(self.accelerator.device)
+        if codec_id(self.codec) != pin.vae_id:
+            raise RunError("codec_mismatch", f"the run's latents come from {pin.vae_id}, {config.vae_path} is {codec_id(self.codec)}")
+        self.branch = branch_config(config, self.codec)
+        self.dataset = training_dataset(pin, config)
+        self.sampler = EpochSampler(len(self.dataset), config.seed)
+        loader = data_loader(self.dataset, config.batch_size, config.num_workers, sampler=self.sampler)
+        module = DiffusionTrainer(SP4DModel(branch_config=self.branch), config.objective)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        scheduler = get_scheduler(
+            config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps
+        )
+        self.progress = Progress()
+        self.module, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(module, optimizer, loader, scheduler)
+        self.accelerator.register_for_checkpointing(self.progress)
+        self.accelerator.register_save_state_pre_hook(self._save_model)
+        self.accelerator.register_load_state_pre_hook(self._load_model)
+
+    # Checkpoints hold the model as a diffusers folder, loadable with SP4DModel.from_pretrained.
+    def _save_model(self, models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(models[0]).model.save_pretrained(Path(output_dir) / MODEL_FOLDER)
+        weights.pop()
+
+    def _load_model(self, models: list[nn.Module], input_dir: str) -> None:
+        loaded = SP4DModel.from_pretrained(Path(input_dir) / MODEL_FOLDER)
+        self.accelerator.unwrap_model(models.pop()).model.load_state_dict(loaded.state_dict())
+
+    def sp4d(self) -> SP4DModel:
+        return self.accelerator.unwrap_model(self.module).model
+
+    def run(self) -> TrainReport:
+        accelerator, config = self.accelerator, self.config
+        resume = latest_checkpoint(self.run_dir)
+        digest = None
+        if resume is not None:
+            accelerator.load_state(str(resume.path))
+            digest = state_digest(self.optimizer.state_dict())
+        report = TrainReport(
+            run_dir=str(self.run_dir),
+            dataset=self.pin,
+            start_step=self.progress.step,
+            resumed_from=str(resume.path) if resume else None,
+            resumed_optimizer_digest=digest,
+            final_step=self.progress.step,
+            mixed_precision=accelerator.mixed_precision,
+            code_version=code_version(),
+        )
+        accelerator.init_trackers(TRACKER_PROJECT, config=_hparams(config, self.pin))
+        started = time.monotonic()
+        try:
+            # A run resumed at its last step trains nothing: its losses are the checkpoint's.
+            report.last_losses = self._loop(report) or (resume.record().losses if resume else {})
+        finally:
+            accelerator.end_training()
+        report.seconds = time.monotonic() - started
+        report.final_step = self.progress.step
+        report.steps_per_s = (report.final_step - report.start_step) / report.seconds if report.seconds else 0.0
+        return report
+
+    def _loop(self, report: TrainReport) -> dict[str, float]:
+        accelerator, config, progress = self.accelerator, self.config, self.progress
+        per_epoch = len(self.loader)
+        meter, last = _LossMeter(), {}
+        context_dim = self.branch["cross_attention_dim"]
+        while progress.step < config.max_steps:
+            epoch, offset = divmod(progress.micro_batches, per_epoch)
+            self.sampler.set_epoch(epoch)
+            self.dataset.set_epoch(epoch)
+            self.loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(self.loader, offset) if offset else self.loader
+            for batch in batches:
+                if progress.step >= config.rgb_steps and not progress.part_branch_started:
+                    start_part_branch(self.sp4d())
+                    progress.part_branch_started = True
+                generator = noise_generator(config.seed, progress.micro_batches, accelerator.process_index, accelerator.device)
+                with accelerator.accumulate(self.module):
+                    losses = self.module(model_inputs(batch, self.codec, context_dim), not progress.part_branch_started, generator)
+                    accelerator.backward(losses["loss"])
+                    if accelerator.sync_gradients and config.max_grad_norm:
+                        accelerator.clip_grad_norm_(self.module.parameters(), config.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                progress.micro_batches += 1
+                meter.add(losses)
+                if not accelerator.sync_gradients:
+                    continue
+                progress.step += 1
+                last = self._reduce(meter.pop())
+                if progress.step % config.log_every == 0 or progress.step == config.max_steps:
+                    self._log(last)
+                if progress.step % config.checkpoint_every == 0 or progress.step == config.max_steps:
+                    report.checkpoints.append(str(self._save(last).path))
+                if progress.step >= config.max_steps:
+                    break
+        return last
+
+    def _reduce(self, means: dict[str, float]) -> dict[str, float]:
+        values = torch.tensor(list(means.values()), device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="mean")
+        row = dict(zip(means, values.tolist()))
+        row["lr"] = self.scheduler.get_last_lr()[0]
+        row["phase_both"] = float(self.progress.part_branch_started)
+        return row
+
+    def _log(self, row: dict[str, float]) -> None:
+        step = self.progress.step
+        self.accelerator.log(row, step=step)
+        if self.accelerator.is_main_process:
+            with open(self.run_dir / METRICS, "a") as out:
+                out.write(json.dumps({"step": step, **row}) + "\n")
+            if self.hooks.on_log:
+                self.hooks.on_log({"step": step, **row})
+
+    def _save(self, losses: dict[str, float]) -> Checkpoint:
+        accelerator, progress = self.accelerator, self.progress
+        staged = staging_path(self.run_dir, progress.step)
+        if accelerator.is_main_process:
+            clear_staging(staged)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staged))
+        accelerator.wait_for_everyone()
+        checkpoint = Checkpoint(staged.parent / checkpoint_name(progress.step), progress.step)
+        if accelerator.is_main_process:
+            record = CheckpointRecord(
+                step=progress.step,
+                micro_batches=progress.micro_batches,
+                phase="both" if progress.part_branch_started else "rgb",
+                dataset=self.pin,
+                config=self.config,
+                code_version=code_version(),
+                losses={k: v for k, v in losses.items() if math.isfinite(v)},
+            )
+            commit_checkpoint(staged, record)
+            prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+            if self.hooks.on_checkpoint:
+                self.hooks.on_checkpoint(checkpoint)
+        accelerator.wait_for_everyone()
+        return checkpoint
+
+
+def _hparams(config: TrainConfig, pin: DatasetPin) -> dict[str, Any]:
+    """Scalars only (TensorBoard's hparams plugin takes nothing else)."""
+    flat = {k: v for k, v in config.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
+    return {**flat, "dataset_version": pin.version, "config_hash": pin.config_hash, "vae_id": pin.vae_id}
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """The logged rows of a run, one per step; a step logged again after a resume keeps its last value."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    rows: dict[int, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[int(row["step"])] = row
+    return [rows[s] for s in sorted(rows)]

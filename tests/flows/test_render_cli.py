@@ -1,0 +1,107 @@
+"""The ``kp20k`` probe and render subcommands, run in-process on real assets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.render_cli import build_parser, main
+from pipelines.build.colour import decode_part_image
+from schemas.assets import ProbeReport, RejectReason
+
+TINY = ["--views", "2", "--frames", "2", "--resolution", "32", "--samples", "2"]
+
+
+def test_probe_prints_the_report_as_json(shared_gltf: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["probe", str(shared_gltf / "Fox.glb")]) == 0
+    report = ProbeReport.model_validate_json(capsys.readouterr().out)
+    assert report.ok and [c.name for c in report.clips] == ["Run", "Survey", "Walk"]
+    assert len(report.sha256) == 64
+
+
+def test_probe_of_a_missing_file_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["probe", str(tmp_path / "gone.glb")]) == 1
+    assert ProbeReport.model_validate_json(capsys.readouterr().out).reason is RejectReason.file_missing
+
+
+def test_render_writes_a_folder_to_look_at(shared_gltf: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "fox"
+    assert main(["render", str(shared_gltf / "Fox.glb"), "--out", str(out), "--clip", "Walk", *TINY]) == 0
+    names = [f"v{v:02d}_f{f:02d}.png" for v in range(2) for f in range(2)]
+    for kind in ("rgb", "parts", "alpha"):
+        assert sorted(p.name for p in (out / kind).iterdir()) == names
+    record = json.loads((out / "sample.json").read_text())
+    assert record["clip"] == "Walk" and record["grid"] == {"views": 2, "frames": 2, "height": 32, "width": 32}
+    assert len(record["cameras"]) == 2 and len(record["frame_times"]) == 2
+    assert record["cameras"][0]["convention"] == "opencv"
+    palette = np.asarray(record["part_map"]["palette"])
+    assert set(record["part_map"]["bone_to_part"].values()) == set(range(len(palette)))
+    for name in names:
+        parts = np.asarray(Image.open(out / "parts" / name))
+        alpha = np.asarray(Image.open(out / "alpha" / name))
+        ids = decode_part_image(parts, palette, alpha=alpha)
+        np.testing.assert_array_equal(ids >= 0, alpha == 255)
+    sheet = np.asarray(Image.open(out / "contact_sheet.png"))
+    assert sheet.shape == (2 * 2 * 32, 2 * 32, 3)  # an RGB row and a part row per view
+    rgb = np.asarray(Image.open(out / "rgb" / "v01_f00.png"))
+    np.testing.assert_array_equal(sheet[64:96, :32], rgb)  # view 1: its RGB row, frame 0
+    assert "glTF import finished" in (out / "blender.log").read_text()
+    assert not (tmp_path / "fox.partial").exists()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_render_of_a_clip_that_does_not_exist_leaves_nothing(
+    shared_gltf: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "none"
+    assert main(["render", str(shared_gltf / "Fox.glb"), "--out", str(out), "--clip", "Gallop", *TINY]) == 1
+    assert "clip_not_found" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_render_refuses_invalid_settings(shared_gltf: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["render", str(shared_gltf / "Fox.glb"), "--out", str(tmp_path / "x"), "--views", "0"]
+    assert main(args) == 2
+    assert "n_views" in capsys.readouterr().err
+
+
+def test_help_names_the_subcommands_and_their_options() -> None:
+    parser = build_parser()
+    assert "probe" in parser.format_help() and "render" in parser.format_help()
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["render", "--help"])
+    assert exited.value.code == 0
+
+
+def test_render_help_lists_the_grid_options(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--out", "--clip", "--views", "--frames", "--resolution", "--samples", "--fill"):
+        assert option in text
+
+
+def test_other_packages_can_add_subcommands() -> None:
+    def add_hello(subparsers: argparse._SubParsersAction) -> None:
+        hello = subparsers.add_parser("hello", help="say hello")
+        hello.add_argument("--times", type=int, default=1)
+        hello.set_defaults(handler=lambda args: 40 + args.times)
+
+    parser = build_parser(register=[add_hello])
+    assert main(["hello", "--times", "2"], parser) == 42
+    assert "hello" in parser.format_help() and "render" in parser.format_help()
+
+
+def test_render_with_a_fixed_camera_distance(shared_gltf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "far"
+    args = ["render", str(shared_gltf / "RiggedSimple.glb"), "--out", str(out), "--distance", "3.0",
+            "--views", "1", "--frames", "1", "--resolution", "16", "--samples", "1"]
+    assert main(args) == 0
+    record = json.loads((out / "sample.json").read_text())
+    assert record["cameras"][0]["distance"] == 3.0
+    assert record["render_config"]["frame_fill"] is None

@@ -1,0 +1,117 @@
+"""The warm worker over a batch of good and broken assets: samples, reason codes, no lost work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.build.colour import decode_part_image
+from pipelines.build.framepack import unpack
+from pipelines.build.sources.procedural import KINDS, generate_asset
+from pipelines.version import code_version
+from pipelines.build.worker import AssetWorker
+from schemas.assets import AssetRef, RejectReason
+from schemas.filters import FilterRules
+from schemas.render import RenderSpec
+from schemas.samples import Sample, sample_key
+from schemas.tables import SAMPLES_SCHEMA, to_table
+from tests import factories
+
+SPEC = RenderSpec(n_views=2, n_frames=2, resolution=32, samples=2, motion_threshold=0.05)
+
+
+def _ref(path: Path) -> AssetRef:
+    sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "0" * 64
+    return AssetRef(file_identifier=f"file://{path.name}", source="local", license="CC0-1.0",
+                    file_type=path.suffix.lstrip("."), sha256=sha, local_path=str(path))
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> AssetWorker:
+    warm = AssetWorker(SPEC, FilterRules(), threads=2, log_path=tmp_path_factory.mktemp("log") / "worker.log")
+    yield warm
+    warm.close()
+
+
+def test_a_batch_of_good_and_broken_assets(worker: AssetWorker, tmp_path: Path, shared_gltf: Path) -> None:
+    no_path = _ref(tmp_path / "x.glb").model_copy(update={"local_path": None})
+    batch = [
+        (_ref(factories.good_glb(tmp_path, "arm")), None),
+        (_ref(tmp_path / "missing.glb"), RejectReason.file_missing),
+        (_ref(factories.zero_bytes(tmp_path)), RejectReason.empty_file),
+        (_ref(factories.random_bytes(tmp_path)), RejectReason.import_error),
+        (_ref(factories.truncated_glb(tmp_path)), RejectReason.import_error),
+        (_ref(factories.no_armature_glb(tmp_path)), RejectReason.no_armature),
+        (_ref(factories.two_armatures_glb(tmp_path)), RejectReason.multiple_armatures),
+        (_ref(factories.bad_weights_glb(tmp_path)), RejectReason.bad_weights),
+        (_ref(factories.nan_positions_glb(tmp_path)), RejectReason.nan_geometry),
+        (no_path, RejectReason.file_missing),
+        (_ref(shared_gltf / "CesiumMan.glb"), None),
+    ]
+    assets_before, renders_before = worker.n_assets, worker.n_renders
+    results = [worker.process(asset) for asset, _ in batch]
+    for (asset, reason), result in zip(batch, results):
+        assert result.asset == asset
+        if reason is None:
+            assert result.samples and not result.rejections, result.rejections
+            assert result.n_renders == len(result.samples) * SPEC.n_views * SPEC.n_frames
+        else:
+            assert not result.samples
+            assert [(r.reason, r.clip, r.sha256) for r in result.rejections] == [(reason, "", asset.sha256)]
+            assert result.rejections[0].detail
+            assert result.rejections[0].config_hash == SPEC.config_hash()
+    assert [r.rejections[0].stage for r in results[1:5]] == ["probe"] * 4
+    assert [r.rejections[0].stage for r in results[5:9]] == ["filter"] * 4
+    assert worker.n_assets - assets_before == len(batch)
+    assert worker.n_renders - renders_before == sum(r.n_renders for r in results)
+    assert Path(results[0].log_path).read_text()  # Blender's output, kept for the report
+
+
+def test_every_fox_clip_becomes_a_sample(worker: AssetWorker, shared_gltf: Path) -> None:
+    fox = _ref(shared_gltf / "Fox.glb")
+    result = worker.process(fox)
+    assert sorted(s.clip for s in result.samples) == ["Run", "Survey", "Walk"]
+    ids = {s.sample_id for s in result.samples}
+    assert ids == {sample_key(fox.sha256, c, SPEC.config_hash()) for c in ("Run", "Survey", "Walk")}
+    chosen = worker.process(fox, clips=["Walk", "Gallop"])
+    assert [s.clip for s in chosen.samples] == ["Walk"]
+    assert [(r.clip, r.reason) for r in chosen.rejections] == [("Gallop", RejectReason.clip_not_found)]
+    walk = next(s for s in result.samples if s.clip == "Walk")
+    assert chosen.samples[0].rgb == walk.rgb and chosen.samples[0].parts == walk.parts  # deterministic
+
+
+def test_samples_hold_the_grid_and_their_provenance(worker: AssetWorker, shared_gltf: Path) -> None:
+    asset = _ref(shared_gltf / "RiggedFigure.glb")
+    (sample,) = worker.process(asset).samples
+    rgb, parts, alpha = unpack(sample.rgb), unpack(sample.parts), unpack(sample.alpha)
+    assert rgb.shape == (2, 2, 32, 32, 3) and parts.shape == (2, 2, 32, 32, 3) and alpha.shape == (2, 2, 32, 32)
+    ids = decode_part_image(parts, np.asarray(sample.part_map.palette), alpha=alpha)
+    np.testing.assert_array_equal(ids >= 0, alpha == 255)
+    assert len(np.unique(ids[ids >= 0])) > 1
+    assert (sample.n_views, sample.n_frames, sample.height, sample.width) == (2, 2, 32, 32)
+    assert len(sample.cameras) == 2 and len(sample.frame_times) == 2
+    assert (sample.sha256, sample.file_identifier, sample.license) == (asset.sha256, asset.file_identifier, "CC0-1.0")
+    assert RenderSpec.model_validate(json.loads(sample.render_config)).config_hash() == sample.config_hash
+    assert sample.code_version == code_version()
+    assert sample.probe_seconds > 0 and sample.render_seconds > 0
+    assert to_table([sample], Sample).schema == SAMPLES_SCHEMA
+
+
+def test_a_long_lived_worker_does_not_leak(worker: AssetWorker, tmp_path: Path) -> None:
+    """Reset between assets keeps memory flat: measured ~0.2 MB per asset, levelling off."""
+    assets = [generate_asset(kind, seed, tmp_path) for seed in range(2) for kind in KINDS]
+    worker.process(assets[0])
+    worker.process(assets[1])
+    before = _rss_mib()
+    for asset in assets:
+        assert worker.process(asset).samples
+    assert _rss_mib() - before < 25.0
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096 / 2**20

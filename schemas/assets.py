@@ -22,7 +22,6 @@ class RejectReason(str, Enum):
     # fetch
     download_failed = "download_failed"
     hash_mismatch = "hash_mismatch"
-    unsafe_archive = "unsafe_archive"
     file_missing = "file_missing"
     empty_file = "empty_file"
     # probe (Blender)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -19,6 +20,9 @@ from pipelines.build.content import file_sha256
 from pipelines.contact_sheet import contact_sheet
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+# Written last into every complete render folder: ``--out`` replaces a folder only when it holds this.
+RENDER_MARKER = ".kp20k-render"
 
 EPILOG = """examples:
   kp20k probe Fox.glb
@@ -69,11 +73,12 @@ def _add_render(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
         description="Render one clip of ASSET on the view x frame grid and write OUT/: rgb/, parts/ and "
         "alpha/ (v{view}_f{frame}.png), contact_sheet.png (an RGB row and a part row per view), "
         "sample.json (cameras, palette, bone-to-part map, frame times, normalisation, config) and "
-        "blender.log (everything Blender printed). The folder appears only once complete.",
+        "blender.log (everything Blender printed). The folder appears only once complete; an existing "
+        "OUT is replaced only when it is a previous kp20k render, anything else is refused and left as it is.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     render.add_argument("asset", type=Path, metavar="ASSET", help=".glb, .gltf, .fbx or .blend file")
-    render.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (replaced if it exists)")
+    render.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder; an existing one is replaced only if it is a previous kp20k render")
     render.add_argument("--clip", help="clip (action) to render; default: the first clip by name")
     render.add_argument("--views", type=int, default=defaults.n_views, help="azimuths on the orbit, from 0")
     render.add_argument("--frames", type=int, default=defaults.n_frames, help="frames sampled from the clip")
@@ -125,6 +130,10 @@ def _render(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"kp20k render: invalid settings: {exc}", file=sys.stderr)
         return 2
+    problem = _out_problem(args.out)
+    if problem:
+        print(f"kp20k render: {problem}", file=sys.stderr)
+        return 2
     sha256 = _sha256(args.asset)
     with BlenderSession(threads=spec.threads) as session:
         report = probe_asset(session, args.asset, sha256)
@@ -148,7 +157,11 @@ def _render(args: argparse.Namespace) -> int:
                 print(f"kp20k: cannot render {args.asset} clip {clip!r}: {exc.reason.value}: {exc.detail}", file=sys.stderr)
                 print(f"kp20k: Blender's output ends with:\n{session.log_tail()}", file=sys.stderr)
                 return 1
-        _write_folder(args.out, args.asset, sha256, spec, grid, session.log_path)
+        try:
+            _write_folder(args.out, args.asset, sha256, spec, grid, session.log_path)
+        except OutFolderError as exc:
+            print(f"kp20k render: {exc}", file=sys.stderr)
+            return 2
     print(f"wrote {args.out} ({grid.n_renders} images, {grid.part_map.n_parts} parts, {grid.timings['total']:.1f} s)")
     return 0
 
@@ -173,21 +186,48 @@ def _spec(args: argparse.Namespace):
     )
 
 
+class OutFolderError(Exception):
+    """``--out`` names something a render must not replace."""
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why ``out`` may not be replaced by a render, or None (absent, or a previous render)."""
+    if out.is_symlink():
+        return f"{out} is a symbolic link; give the folder itself, or another --out"
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out} exists and is not a folder; choose another --out"
+    if not (out / RENDER_MARKER).is_file():
+        return (f"{out} exists and is not a previous kp20k render (it has no {RENDER_MARKER}); it was left as it is: "
+                "choose another --out, or remove the folder yourself")
+    return None
+
+
 def _write_folder(out: Path, asset: Path, sha256: str, spec, grid, log: Path) -> None:
-    """Write into a sibling staging folder, then swap it in: a crash never leaves a folder that looks done."""
+    """Write into a fresh sibling folder, then swap it in: a crash never leaves a folder that looks done."""
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        _write_render(staging, asset, sha256, spec, grid, log)
+        _swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_render(folder: Path, asset: Path, sha256: str, spec, grid, log: Path) -> None:
     from PIL import Image
 
     from pipelines.version import code_version
 
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     for kind, images in (("rgb", grid.rgb), ("parts", grid.parts), ("alpha", grid.alpha)):
-        (staging / kind).mkdir(parents=True)
+        (folder / kind).mkdir(parents=True)
         for v in range(images.shape[0]):
             for f in range(images.shape[1]):
-                Image.fromarray(images[v, f]).save(staging / kind / f"v{v:02d}_f{f:02d}.png")
+                Image.fromarray(images[v, f]).save(folder / kind / f"v{v:02d}_f{f:02d}.png")
     rows = [row for v in range(grid.rgb.shape[0]) for row in (("", list(grid.rgb[v])), ("", list(grid.parts[v])))]
-    contact_sheet(rows).save(staging / "contact_sheet.png")
+    contact_sheet(rows).save(folder / "contact_sheet.png")
     record = {
         "asset": str(asset),
         "sha256": sha256,
@@ -205,11 +245,25 @@ def _write_folder(out: Path, asset: Path, sha256: str, spec, grid, log: Path) ->
         "code_version": code_version(),
         "timings": grid.timings,
     }
-    (staging / "sample.json").write_text(json.dumps(record, indent=2))
-    shutil.copyfile(log, staging / "blender.log")
+    (folder / "sample.json").write_text(json.dumps(record, indent=2))
+    shutil.copyfile(log, folder / "blender.log")
+    (folder / RENDER_MARKER).write_text("a complete `kp20k render` folder: a later render may replace it\n")
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Rename the previous render aside, the new one in, then delete the previous one. Checked again
+    here: the folder may have changed while Blender rendered."""
+    problem = _out_problem(out)
+    if problem:
+        raise OutFolderError(problem)
+    previous = None
     if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+        # rename(2) may replace an empty folder: this reserved name cannot be taken meanwhile
+        previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".previous", dir=out.parent))
+        os.rename(out, previous)
+    os.rename(staging, out)
+    if previous is not None:
+        shutil.rmtree(previous)
 
 
 def _sha256(path: Path) -> str:

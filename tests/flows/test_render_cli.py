@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.render_cli import build_parser, main
+from flows.render_cli import RENDER_MARKER, build_parser, main
 from pipelines.build.colour import decode_part_image
 from schemas.assets import ProbeReport, RejectReason
 
@@ -51,7 +51,8 @@ def test_render_writes_a_folder_to_look_at(shared_gltf: Path, tmp_path: Path, ca
     rgb = np.asarray(Image.open(out / "rgb" / "v01_f00.png"))
     np.testing.assert_array_equal(sheet[64:96, :32], rgb)  # view 1: its RGB row, frame 0
     assert "glTF import finished" in (out / "blender.log").read_text()
-    assert not (tmp_path / "fox.partial").exists()
+    assert (out / RENDER_MARKER).is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["fox"]  # no staging folder left beside it
     assert "wrote" in capsys.readouterr().out
 
 
@@ -105,3 +106,44 @@ def test_render_with_a_fixed_camera_distance(shared_gltf: Path, tmp_path: Path) 
     record = json.loads((out / "sample.json").read_text())
     assert record["cameras"][0]["distance"] == 3.0
     assert record["render_config"]["frame_fill"] is None
+
+
+SMALLEST = ["--views", "1", "--frames", "1", "--resolution", "16", "--samples", "1"]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_render_refuses_to_replace_a_folder_that_is_not_a_render(
+    shared_gltf: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    mine = tmp_path / "thesis"
+    (mine / "chapters").mkdir(parents=True)
+    (mine / "chapters" / "one.tex").write_text("\\chapter{One}")
+    (mine / "notes.txt").write_bytes(b"irreplaceable")
+    before = tree(mine)
+    assert main(["render", str(shared_gltf / "RiggedSimple.glb"), "--out", str(mine), *SMALLEST]) == 2
+    err = capsys.readouterr().err
+    assert "not a previous kp20k render" in err and str(mine) in err
+    assert tree(mine) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis"]
+    afile = tmp_path / "report.pdf"
+    afile.write_bytes(b"%PDF")
+    assert main(["render", str(shared_gltf / "RiggedSimple.glb"), "--out", str(afile), *SMALLEST]) == 2
+    assert "is not a folder" in capsys.readouterr().err and afile.read_bytes() == b"%PDF"
+
+
+def test_render_replaces_a_previous_render(shared_gltf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "simple"
+    asset = str(shared_gltf / "RiggedSimple.glb")
+    assert main(["render", asset, "--out", str(out), *SMALLEST]) == 0
+    first = json.loads((out / "sample.json").read_text())
+    (out / "stale.txt").write_text("from the first render")
+    again = ["--views", "2", "--frames", "1", "--resolution", "16", "--samples", "1"]
+    assert main(["render", asset, "--out", str(out), *again]) == 0
+    second = json.loads((out / "sample.json").read_text())
+    assert (first["grid"]["views"], second["grid"]["views"]) == (1, 2)
+    assert sorted(p.name for p in (out / "rgb").iterdir()) == ["v00_f00.png", "v01_f00.png"]
+    assert not (out / "stale.txt").exists() and (out / RENDER_MARKER).is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["simple"]  # the previous render and the staging folder are gone

@@ -25,6 +25,7 @@ from flows.report import BuildReport
 from pipelines.build.fetch import redact
 from pipelines.build.framepack import unpack
 from pipelines.contact_sheet import contact_sheet, png_bytes
+from pipelines.files import write_atomic
 from schemas.assets import Rejection
 
 KEY_PREFIX = "kp20k"
@@ -66,10 +67,7 @@ def contact_sheet_path(lance_uri: str, cache_dir: str) -> Path:
 
 
 def publish_contact_sheet(png: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(png)
-    partial.replace(path)
+    write_atomic(path, png)
     data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
     create_image_artifact(image_url=data_uri, key=f"{KEY_PREFIX}-contact-sheet", description=f"Contact sheet, also at {path.resolve()}")
 

@@ -35,6 +35,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from pipelines.evaluate.evaluation import preview
+from pipelines.files import write_atomic
 from pipelines.train.checkpoints import (
     Checkpoint,
     DatasetPin,
@@ -107,7 +108,7 @@ def run_training(run_dir: Path, pin: DatasetPin, config: TrainConfig) -> TrainRe
 def publish_preview(checkpoint: Checkpoint, inference_steps: int) -> Path:
     png = preview(checkpoint, inference_steps)
     path = checkpoint.run_dir / f"preview-step-{checkpoint.step:08d}.png"
-    path.write_bytes(png)
+    write_atomic(path, png)
     create_image_artifact(
         image_url="data:image/png;base64," + base64.b64encode(png).decode(),
         key=f"{KEY_PREFIX}-preview",

@@ -42,6 +42,7 @@ from models.sp4d import SP4DModel
 from models.unet import MultiViewUNet
 from models.vae import LatentCodec, VAECodec, encode_grid
 from pipelines.build.dataset import KinematicPartsDataset, data_loader
+from pipelines.files import append_line, complete_lines
 from pipelines.train.checkpoints import (
     Checkpoint,
     CheckpointRecord,
@@ -403,8 +404,7 @@ class _Run:
         step = self.progress.step
         self.accelerator.log(row, step=step)
         if self.accelerator.is_main_process:
-            with open(self.run_dir / METRICS, "a") as out:
-                out.write(json.dumps({"step": step, **row}) + "\n")
+            append_line(self.run_dir / METRICS, json.dumps({"step": step, **row}))
             if self.hooks.on_log:
                 self.hooks.on_log({"step": step, **row})
 
@@ -447,7 +447,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     rows: dict[int, dict[str, float]] = {}
-    for line in path.read_text().splitlines():
+    for line in complete_lines(path):  # a run killed mid-line leaves a torn last line
         if line.strip():
             row = json.loads(line)
             rows[int(row["step"])] = row

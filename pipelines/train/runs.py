@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from pipelines.build.dataset import split_of
 from pipelines.build.store import StoreError, open_table
+from pipelines.files import write_atomic
 from pipelines.train.checkpoints import DatasetPin, RunError
 from pipelines.train.config import TrainConfig
 from pipelines.version import code_version
@@ -100,8 +101,7 @@ def open_run(run_dir: Path, pin: DatasetPin, config: TrainConfig) -> RunRecord:
     recorded = read_run(run_dir)
     if recorded is None:
         record = RunRecord(dataset=pin, config=config, code_version=code_version())
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / RUN_RECORD).write_text(record.model_dump_json(indent=2))
+        write_atomic(Path(run_dir) / RUN_RECORD, record.model_dump_json(indent=2))
         return record
     if (recorded.dataset.lance_uri, recorded.dataset.version, recorded.dataset.config_hash) != (pin.lance_uri, pin.version, pin.config_hash):
         raise RunError(

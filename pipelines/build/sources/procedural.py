@@ -10,8 +10,6 @@ that follow from it downstream are stable.
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from pipelines.build.sources.rig import Clip, Rig, Swing, numbered, rig_to_glb
 from pipelines.build.sources.rig_geometry import Tube
+from pipelines.files import write_atomic
 from schemas.assets import AssetRef
 
 KINDS = ("arm", "snake", "biped", "quadruped", "insect", "rigid")
@@ -61,11 +60,9 @@ def generate_asset(kind: str, seed: int, out_dir: Path) -> AssetRef:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{kind}-{seed}.glb"
-    # write then rename: a crash never leaves a half-written asset under the final name, and
-    # concurrent writers of the same asset (same bytes) each rename a complete file
-    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    # a crash never leaves a half-written asset under the final name, and concurrent writers of the
+    # same asset (same bytes) each rename a complete file
+    write_atomic(path, data)
     return AssetRef(
         file_identifier=f"procedural://{kind}/{seed}",
         source=SOURCE,

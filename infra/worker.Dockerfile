@@ -38,4 +38,14 @@ COPY infra ./infra
 RUN pip install --no-cache-dir --no-deps --force-reinstall . \
  && kp20k --help >/dev/null
 
+# Blender opens untrusted assets, so nothing runs as root: an unprivileged user owns its home and the
+# data folders the flows write (data/, runs/); the code and the installed packages stay root's,
+# read-only to it. A volume mounted for the fetch cache (infra/ray-cluster.yaml) must be writable
+# by uid 10001 on the host.
+RUN groupadd --system --gid 10001 kp20k \
+ && useradd --system --uid 10001 --gid kp20k --create-home --home-dir /home/kp20k --shell /bin/bash kp20k \
+ && mkdir -p data runs \
+ && chown kp20k:kp20k data runs
+USER kp20k
+
 CMD ["prefect", "worker", "start", "--pool", "process", "--type", "process"]

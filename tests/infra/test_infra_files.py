@@ -104,6 +104,22 @@ def test_dockerfile_entry_points_exist():
     assert "kp20k --help" in " ".join(arg for op, arg in dockerfile_instructions() if op == "RUN")
 
 
+def test_dockerfile_runs_everything_after_the_install_as_an_unprivileged_user():
+    instructions = dockerfile_instructions()
+    users = [i for i, (op, _) in enumerate(instructions) if op == "USER"]
+    assert users, "no USER: Blender would open untrusted assets as root"
+    last_user = users[-1]
+    user = instructions[last_user][1].split(":")[0]
+    assert user not in ("root", "0")
+    assert [op for op, _ in instructions[last_user + 1 :]] == ["CMD"]  # nothing after it runs as another user
+    created = " ".join(arg for op, arg in instructions[:last_user] if op == "RUN")
+    match = re.search(rf"useradd\b[^&]*--uid (\d+)[^&]*\b{re.escape(user)}\b", created)
+    assert match and int(match.group(1)) >= 1000, "the user must be created with a non-system, non-zero uid"
+    # It owns the folders the flows write into, not the code.
+    assert re.search(rf"chown {user}:{user} data runs", created)
+    assert not re.search(rf"chown -R {user}", created)
+
+
 def test_local_stack_script_is_valid_bash_with_the_settings_the_spec_names():
     script = INFRA / "local-stack.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)

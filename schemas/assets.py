@@ -23,6 +23,7 @@ class RejectReason(str, Enum):
     download_failed = "download_failed"
     hash_mismatch = "hash_mismatch"
     file_missing = "file_missing"
+    resource_outside_folder = "resource_outside_folder"  # a glTF buffer/image outside its folder
     empty_file = "empty_file"
     # probe (Blender)
     import_error = "import_error"

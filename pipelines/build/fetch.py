@@ -41,6 +41,7 @@ from typing import Callable, Iterator
 import requests
 
 from pipelines.build.content import file_sha256
+from pipelines.build.gltf_uris import ResourceOutsideFolder, gltf_json, relative_resource, resource_uris
 from pipelines.build.prefilter import COPIES_KEY
 from schemas.assets import AssetRef, RejectReason
 from schemas.errors import ReasonError
@@ -152,34 +153,16 @@ def gltf_resources(gltf: bytes) -> list[str]:
     """Relative paths of the external buffers and images a .gltf needs (data URIs excluded).
 
     Anything that is not a plain relative path inside the model's own folder (a scheme, an
-    absolute path, ``..`` out of the folder) raises ``file_missing``: it cannot be fetched safely.
-    A file that is not glTF JSON has no resources here (the importer will judge it).
+    absolute path, ``..`` out of the folder) raises ``resource_outside_folder``: it cannot be fetched
+    safely. A file that is not glTF JSON has no resources here (the importer will judge it).
     """
-    try:
-        document = json.loads(gltf)
-    except ValueError:
-        return []
-    if not isinstance(document, dict):
-        return []
-    uris = []
-    for key in ("buffers", "images"):
-        for item in document.get(key) or []:
-            uri = item.get("uri") if isinstance(item, dict) else None
-            if isinstance(uri, str) and not uri.startswith("data:"):
-                uris.append(uri)
-    paths = []
-    for uri in uris:
-        relative = urllib.parse.unquote(uri)
-        normal = posixpath.normpath(relative)
-        if (
-            urllib.parse.urlsplit(uri).scheme
-            or relative.startswith(("/", "\\"))
-            or "\\" in relative
-            or "\x00" in relative
-            or normal == ".."
-            or normal.startswith("../")
-        ):
-            raise FetchError(RejectReason.file_missing, f"glTF resource {uri[:120]!r} is not inside the model's folder")
+    document = gltf_json(gltf)
+    paths: list[str] = []
+    for uri in resource_uris(document) if document else []:
+        try:
+            normal = relative_resource(uri)
+        except ResourceOutsideFolder as exc:
+            raise FetchError(exc.reason, exc.detail) from None
         if normal not in paths:
             paths.append(normal)
     return paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 from pathlib import Path
 
@@ -147,3 +148,52 @@ def test_render_replaces_a_previous_render(shared_gltf: Path, tmp_path: Path) ->
     assert sorted(p.name for p in (out / "rgb").iterdir()) == ["v00_f00.png", "v01_f00.png"]
     assert not (out / "stale.txt").exists() and (out / RENDER_MARKER).is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["simple"]  # the previous render and the staging folder are gone
+
+
+def first_buffer(shared_gltf: Path) -> bytes:
+    uri = json.loads((shared_gltf / "SimpleSkin.gltf").read_text())["buffers"][0]["uri"]
+    return base64.b64decode(uri.split(",", 1)[1])
+
+
+def gltf_with_external_buffer(shared_gltf: Path, folder: Path, uri: str) -> Path:
+    """SimpleSkin.gltf (a real rigged asset) with its first embedded buffer moved out to ``uri``."""
+    document = json.loads((shared_gltf / "SimpleSkin.gltf").read_text())
+    document["buffers"][0]["uri"] = uri
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "SimpleSkin.gltf"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_a_buffer_beside_the_gltf_is_read(shared_gltf: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "asset").mkdir()
+    (tmp_path / "asset" / "skin.bin").write_bytes(first_buffer(shared_gltf))
+    path = gltf_with_external_buffer(shared_gltf, tmp_path / "asset", "skin.bin")
+    assert main(["probe", str(path)]) == 0
+    assert ProbeReport.model_validate_json(capsys.readouterr().out).ok
+
+
+@pytest.mark.parametrize("command", ["probe", "render"])
+@pytest.mark.parametrize("uri", ["/dev/zero", "../secret.bin", "%2E%2E/secret.bin", "file:///dev/zero"])
+def test_a_buffer_outside_the_assets_folder_is_refused_before_blender_opens_it(
+    shared_gltf: Path, tmp_path: Path, capsys: pytest.CaptureFixture, command: str, uri: str
+) -> None:
+    # A secret that would import cleanly: only the folder rule can refuse it.
+    (tmp_path / "secret.bin").write_bytes(first_buffer(shared_gltf))
+    path = gltf_with_external_buffer(shared_gltf, tmp_path / "asset", uri)
+    out = tmp_path / "out"
+    args = ["probe", str(path)] if command == "probe" else ["render", str(path), "--out", str(out), *SMALLEST]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    if command == "probe":
+        report = ProbeReport.model_validate_json(captured.out)
+        assert report.reason is RejectReason.resource_outside_folder and uri[:20] in report.detail
+    else:
+        assert "resource_outside_folder" in captured.err and not out.exists()
+
+
+def test_a_symlink_in_the_folder_cannot_lead_out_of_it(shared_gltf: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = gltf_with_external_buffer(shared_gltf, tmp_path / "asset", "skin.bin")
+    (tmp_path / "asset" / "skin.bin").symlink_to("/dev/zero")
+    assert main(["probe", str(path)]) == 1
+    assert ProbeReport.model_validate_json(capsys.readouterr().out).reason is RejectReason.resource_outside_folder

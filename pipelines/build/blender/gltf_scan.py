@@ -9,15 +9,15 @@ count as clean.
 from __future__ import annotations
 
 import base64
-import json
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.build.gltf_uris import GLB_MAGIC, gltf_json, resolve_resource
+
 _FLOAT = 5126
 _WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "MAT4": 16}
-_GLB_MAGIC = b"glTF"
 
 
 def count_nonfinite(path: str | Path) -> int:
@@ -49,21 +49,19 @@ def count_nonfinite(path: str | Path) -> int:
 
 def _load(path: Path) -> tuple[dict, list[bytes]]:
     raw = path.read_bytes()
-    if raw[:4] == _GLB_MAGIC:
-        json_length = struct.unpack_from("<I", raw, 12)[0]
-        document = json.loads(raw[20 : 20 + json_length])
-        binary = b""
-        offset = 20 + json_length
+    document = gltf_json(raw)
+    if document is None:
+        raise ValueError(f"{path.name} is not a glTF document")
+    binary = b""
+    if raw[:4] == GLB_MAGIC:
+        offset = 20 + struct.unpack_from("<I", raw, 12)[0]
         if offset + 8 <= len(raw):
             length = struct.unpack_from("<I", raw, offset)[0]
             binary = raw[offset + 8 : offset + 8 + length]
-        buffers = [binary if "uri" not in b else _uri(path, b["uri"]) for b in document.get("buffers", [])]
-        return document, buffers
-    document = json.loads(raw)
-    return document, [_uri(path, b["uri"]) for b in document.get("buffers", [])]
+    return document, [binary if "uri" not in b else _uri(path, b["uri"]) for b in document.get("buffers", [])]
 
 
 def _uri(path: Path, uri: str) -> bytes:
     if uri.startswith("data:"):
         return base64.b64decode(uri.split(",", 1)[1])
-    return (path.parent / uri).read_bytes()
+    return resolve_resource(path, uri).read_bytes()

@@ -21,6 +21,7 @@ from typing import Iterator
 import bpy
 
 from pipelines.build.blender.errors import AssetLoadError
+from pipelines.build.gltf_uris import ResourceOutsideFolder, check_resources
 from schemas.assets import RejectReason
 
 __all__ = ["AssetLoadError", "BlenderSession", "SUPPORTED_SUFFIXES"]
@@ -117,6 +118,11 @@ class BlenderSession:
             raise AssetLoadError(
                 RejectReason.unsupported_file_type, f"{suffix or 'no suffix'}: supported are {SUPPORTED_SUFFIXES}"
             )
+        if suffix in (".glb", ".gltf"):
+            try:  # before the importer opens a buffer such as /dev/zero or ../secret.bin
+                check_resources(path)
+            except ResourceOutsideFolder as exc:
+                raise AssetLoadError(exc.reason, exc.detail) from None
         self.reset()
         self.n_loads += 1
         with self.capture():

@@ -296,7 +296,7 @@ def test_linked_gltf_arrives_with_its_buffers_and_images(cache, config, git_root
 def test_gltf_resources_outside_the_model_folder_are_refused(uri):
     with pytest.raises(FetchError) as error:
         gltf_resources(gltf_document(uri))
-    assert error.value.reason is RejectReason.file_missing
+    assert error.value.reason is RejectReason.resource_outside_folder
 
 
 def test_embedded_gltf_has_no_resources(shared_gltf):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
+
+from flows.prefect_settings import apply_prefect_settings
 
 # The demo: the tiny model in pixel space, small enough for two CPU cores.
 DEMO_TRAIN = {"max_steps": 100, "rgb_steps": 50, "checkpoint_every": 25, "n_views": 2, "n_frames": 2}
@@ -62,18 +63,12 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=run_evaluate_command)
 
 
-def _allow_slow_ephemeral_start() -> None:
-    # As for `kp20k build`: the ephemeral API migrates a fresh database first, which on a busy
-    # 2-core machine takes longer than Prefect's default 20 s start-up limit.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-
-
 def _fields(args: argparse.Namespace, names: Any) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def run_train_command(args: argparse.Namespace) -> int:
-    _allow_slow_ephemeral_start()  # before anything imports Prefect: it reads its settings once
+    apply_prefect_settings()  # before anything imports Prefect: it reads its settings once
     from pipelines.train.checkpoints import RunError
 
     try:
@@ -112,7 +107,7 @@ def run_train_command(args: argparse.Namespace) -> int:
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
-    _allow_slow_ephemeral_start()  # before anything imports Prefect: it reads its settings once
+    apply_prefect_settings()  # before anything imports Prefect: it reads its settings once
     from pipelines.train.checkpoints import RunError
 
     fields = ("split", "max_samples", "inference_steps", "seed", "lance_uri", "version", "lpips_path", "clip_path", "i3d_path")

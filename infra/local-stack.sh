@@ -21,7 +21,7 @@ PYTHON="$(dirname "$PREFECT")/python"
 # A project-local home: a shared ~/.prefect gives "database is locked" noise between projects.
 export PREFECT_HOME="${PREFECT_HOME:-$ROOT/.prefect}"
 export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
-export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1  # telemetry off (flows/prefect_settings.py)
 export PREFECT_WORKER_QUERY_SECONDS=1  # the worker polls every second: runs start in ~7 s, not ~13 s
 export OMP_NUM_THREADS=1
 export RAY_USAGE_STATS_ENABLED=0

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from flows.prefect_settings import apply_prefect_settings
+
 _HOME = Path(tempfile.mkdtemp(prefix="kp20k-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_HOME / "prefect"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+apply_prefect_settings()  # the project's own Prefect settings (telemetry off), as every entry point
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -14,6 +14,7 @@ class RejectReason(str, Enum):
 
     # prefilter (annotations only)
     unsupported_file_type = "unsupported_file_type"
+    no_blender_importer = "no_blender_importer"  # a rig format Blender 5 can no longer read (.dae)
     source_not_requested = "source_not_requested"
     licence_not_allowed = "licence_not_allowed"
     unknown_licence = "unknown_licence"

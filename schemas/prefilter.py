@@ -8,7 +8,11 @@ import json
 from pydantic import BaseModel, Field, field_validator
 
 # Formats whose files can hold an armature with skinned meshes and Blender imports natively.
-RIG_FILE_TYPES: frozenset[str] = frozenset({"glb", "gltf", "fbx", "dae", "blend"})
+RIG_FILE_TYPES: frozenset[str] = frozenset({"glb", "gltf", "fbx", "blend"})
+
+# Formats that hold rigs but that this Blender cannot read: refused at the prefilter with their own
+# reason (``no_blender_importer``), before anything is fetched.
+NO_BLENDER_IMPORTER: dict[str, str] = {"dae": "Blender 5.0 removed its Collada (.dae) importer"}
 
 # Licences that allow training and redistribution of renders without share-alike or
 # non-commercial terms. Share-alike, NC, ND and copyleft licences are opt-in.
@@ -50,7 +54,11 @@ class PrefilterRules(BaseModel):
     @field_validator("file_types")
     @classmethod
     def _file_types(cls, value: list[str]) -> list[str]:
-        return sorted({t.lower().lstrip(".") for t in value})
+        types = sorted({t.lower().lstrip(".") for t in value})
+        unreadable = [f"{t}: {NO_BLENDER_IMPORTER[t]}" for t in types if t in NO_BLENDER_IMPORTER]
+        if unreadable:
+            raise ValueError(f"cannot be rendered: {'; '.join(unreadable)}")
+        return types
 
     @field_validator("sources", "licences")
     @classmethod

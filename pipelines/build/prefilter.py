@@ -1,7 +1,8 @@
 """Prefilter: decide on annotations alone which candidates are worth fetching.
 
 Rules run in a fixed order and the first that fails names the rejection: annotation sanity
-(sha256 must be 64 hex digits: it becomes a cache path), source, file type, licence, then
+(sha256 must be 64 hex digits: it becomes a cache path), source, a format Blender cannot read
+(``.dae``: ``no_blender_importer``), file type, licence, then
 de-duplication. De-duplication runs last, over the survivors, so the copy kept is one whose licence
 allows it; among those, the first by (source, file identifier) wins, whatever the input order.
 Accepted assets carry their licence as an SPDX id (the raw string moves to
@@ -17,7 +18,7 @@ import re
 from pipelines.build.licences import LicencePolicy
 from pipelines.version import code_version
 from schemas.assets import AssetRef, Rejection, RejectReason
-from schemas.prefilter import PrefilterRules
+from schemas.prefilter import NO_BLENDER_IMPORTER, PrefilterRules
 
 PROCEDURAL_LICENCE = "CC0-1.0"
 COPIES_KEY = "duplicate_copies"  # other places the kept bytes can be fetched from, in preference order
@@ -47,6 +48,8 @@ def _first_failure(asset: AssetRef, rules: PrefilterRules, policy: LicencePolicy
         return RejectReason.bad_annotation, "empty file identifier", None
     if rules.sources is not None and asset.source not in rules.sources:
         return RejectReason.source_not_requested, f"source {asset.source!r} not in {rules.sources}", None
+    if asset.file_type in NO_BLENDER_IMPORTER:
+        return RejectReason.no_blender_importer, f"{asset.file_type}: {NO_BLENDER_IMPORTER[asset.file_type]}", None
     if asset.file_type not in rules.file_types:
         return RejectReason.unsupported_file_type, f"file type {asset.file_type!r} cannot carry a rig here", None
     spdx, reason, detail = _licence(asset, rules, policy)

@@ -23,12 +23,11 @@ import bpy
 from pipelines.build.blender.errors import AssetLoadError
 from pipelines.build.gltf_uris import ResourceOutsideFolder, check_resources
 from schemas.assets import RejectReason
+from schemas.prefilter import NO_BLENDER_IMPORTER
 
 __all__ = ["AssetLoadError", "BlenderSession", "SUPPORTED_SUFFIXES"]
 
 SUPPORTED_SUFFIXES = (".glb", ".gltf", ".fbx", ".blend")
-# Blender 5.0 removed the Collada importer: .dae files are refused with a clear reason.
-_REMOVED_IMPORTERS = {".dae": "Blender 5.0 has no Collada (.dae) importer"}
 _LIBC = ctypes.CDLL(None)
 
 
@@ -112,8 +111,8 @@ class BlenderSession:
             raise AssetLoadError(RejectReason.file_missing, f"{path} is not a regular file")
         if path.stat().st_size == 0:
             raise AssetLoadError(RejectReason.empty_file, f"{path} has zero bytes")
-        if suffix in _REMOVED_IMPORTERS:
-            raise AssetLoadError(RejectReason.unsupported_file_type, _REMOVED_IMPORTERS[suffix])
+        if suffix.lstrip(".") in NO_BLENDER_IMPORTER:  # the prefilter refuses these first; a direct probe lands here
+            raise AssetLoadError(RejectReason.no_blender_importer, NO_BLENDER_IMPORTER[suffix.lstrip(".")])
         if suffix not in SUPPORTED_SUFFIXES:
             raise AssetLoadError(
                 RejectReason.unsupported_file_type, f"{suffix or 'no suffix'}: supported are {SUPPORTED_SUFFIXES}"

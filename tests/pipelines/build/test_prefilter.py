@@ -33,6 +33,7 @@ def test_each_rule_names_its_own_reason():
         ref("rig.fbx", file_type="fbx"),
         ref("mesh.stl", file_type="stl"),
         ref("scan.obj", file_type="obj"),
+        ref("scene.dae", file_type="dae"),
         ref("nc.glb", licence="by-nc"),
         ref("null.glb", licence=None),
         ref("garbled.glb", licence="CC-BY except when not"),
@@ -45,6 +46,7 @@ def test_each_rule_names_its_own_reason():
     assert reasons == {
         "mesh.stl": RejectReason.unsupported_file_type,
         "scan.obj": RejectReason.unsupported_file_type,
+        "scene.dae": RejectReason.no_blender_importer,
         "nc.glb": RejectReason.licence_not_allowed,
         "null.glb": RejectReason.unknown_licence,
         "garbled.glb": RejectReason.unknown_licence,
@@ -138,3 +140,14 @@ def test_rules_hash_ignores_list_order_and_case():
 def test_unknown_licence_id_in_rules_is_refused():
     with pytest.raises(ValueError, match="CC-BY-4"):
         prefilter([ref("a.glb")], PrefilterRules(licences=["CC-BY-4"]))
+
+
+def test_collada_is_refused_with_its_own_reason_and_cannot_be_requested():
+    accepted, rejections = prefilter([ref("scene.dae", source="local", licence=None, file_type="dae"), ref("rig.glb")])
+    assert [a.file_identifier for a in accepted] == ["rig.glb"]
+    (rejection,) = rejections
+    assert (rejection.reason, rejection.stage) == (RejectReason.no_blender_importer, "prefilter")
+    assert "Collada" in rejection.detail
+    assert "dae" not in PrefilterRules().file_types
+    with pytest.raises(ValueError, match="Collada"):
+        PrefilterRules(file_types=["glb", ".DAE"])

@@ -26,7 +26,7 @@ from tests import factories
         (factories.truncated_glb, RejectReason.import_error),
         (lambda d: factories.random_bytes(d, name="random.fbx"), RejectReason.import_error),
         (lambda d: factories.random_bytes(d, name="random.blend"), RejectReason.import_error),
-        (lambda d: factories.random_bytes(d, name="model.dae"), RejectReason.unsupported_file_type),
+        (lambda d: factories.random_bytes(d, name="model.DAE"), RejectReason.no_blender_importer),
         (lambda d: factories.random_bytes(d, name="model.obj"), RejectReason.unsupported_file_type),
     ],
     ids=["missing", "fifo", "zero-bytes", "random-glb", "truncated-glb", "random-fbx", "random-blend", "dae", "obj"],

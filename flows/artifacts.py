@@ -1,8 +1,13 @@
 """Prefect artifacts of a build: counts, rejection reasons, render progress, Lance versions, a contact sheet.
 
-Images: the Prefect UI shows an image artifact as ``<img src=...>`` and a browser will not load a
-``file://`` URL from an ``http://`` page, so the contact sheet goes in as a ``data:`` URI (a few tens
-of KiB) while the PNG itself is written next to the table.
+Images: a browser will not load a ``file://`` URL from the UI's ``http://`` page, so the contact sheet
+goes in as a ``data:`` URI (a few tens of KiB) while the PNG itself is written next to the table. It is
+a *markdown* artifact holding the image, not an image artifact: Prefect 3.8.8's UI (the default, v2)
+prints an image artifact's URL as text under the picture, which for a data URI is 80 KB of base64
+across the page, while its markdown renderer lets ``data:image/`` sources through for ``<img>`` and
+shows nothing else (the absolute path of the PNG goes in the description). Both sit in a column about
+700 px wide, so the sheet is laid out to fit it at its own pixel size: a row of the sample's views in
+RGB above a row of its part maps, labelled.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect.artifacts import (
-    create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -32,8 +36,8 @@ KEY_PREFIX = "kp20k"
 CONTACT_SHEET_SAMPLES = 8
 REJECTED_ASSET_ROWS = 200  # the artifact is for a glance; the rejections table holds every row
 CONTACT_SHEET_VIEWS = 4
-TILE = 128
-SHEET_LABEL_CHARS = 24
+TILE = 128  # 4 views x 128 px plus the labels fit the UI's ~700 px column unscaled
+SHEET_LABEL_CHARS = 20
 
 
 @dataclass(frozen=True)
@@ -46,15 +50,18 @@ class SheetEntry:
 
 
 def contact_sheet_png(entries: list[SheetEntry], tile: int = TILE) -> bytes:
-    """One row per sample: for each of its first views, the first frame's RGB then its part map."""
+    """Two rows per sample, the first frame of each of its first views: RGB above the part maps,
+    labelled with the sample (rows) and the view (columns)."""
     if not entries:
         raise ValueError("a contact sheet needs at least one sample")
     rows = []
+    n_views = 0
     for entry in entries[:CONTACT_SHEET_SAMPLES]:
         rgb = unpack(entry.rgb, frames=[0], views=None)[:CONTACT_SHEET_VIEWS, 0]
         parts = unpack(entry.parts, frames=[0], views=None)[:CONTACT_SHEET_VIEWS, 0]
-        rows.append((entry.label[:SHEET_LABEL_CHARS], [image for pair in zip(rgb, parts) for image in pair]))
-    columns = [f"view {v} {kind}" for v in range(CONTACT_SHEET_VIEWS) for kind in ("RGB", "parts")]
+        rows += [(entry.label[:SHEET_LABEL_CHARS], list(rgb)), ("  parts", list(parts))]
+        n_views = max(n_views, len(rgb))
+    columns = [f"view {v}" for v in range(n_views)]
     return png_bytes(contact_sheet(rows, tile=tile, column_labels=columns))
 
 
@@ -67,9 +74,18 @@ def contact_sheet_path(lance_uri: str, cache_dir: str) -> Path:
 
 
 def publish_contact_sheet(png: bytes, path: Path) -> None:
+    """Write the sheet to ``path`` and publish it as an artifact that shows the image alone."""
     write_atomic(path, png)
-    data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
-    create_image_artifact(image_url=data_uri, key=f"{KEY_PREFIX}-contact-sheet", description=f"Contact sheet, also at {path.resolve()}")
+    create_markdown_artifact(
+        markdown=image_markdown(png, "contact sheet: RGB above part maps, one column per view"),
+        key=f"{KEY_PREFIX}-contact-sheet",
+        description=f"First frame of each sample: RGB above part maps, one column per view. PNG: {Path(path).resolve()}",
+    )
+
+
+def image_markdown(png: bytes, alt: str) -> str:
+    """Markdown whose only content is the PNG, embedded as a data URI: the UI shows the picture alone."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})\n"
 
 
 def publish_report(report: BuildReport) -> None:
@@ -111,7 +127,7 @@ def versions_markdown(report: BuildReport) -> str:
         for table, version in sorted(report.versions.items())
     )
     return (
-        f"## Lance tables at `{report.lance_uri}`\n\n"
+        f"## Lance tables at `{absolute_uri(report.lance_uri)}`\n\n"
         f"render config `{report.config_hash}`, code `{report.code_version}`\n\n"
         "| table | version before | version after |\n|---|---|---|\n"
         f"{rows}\n\n"
@@ -122,12 +138,17 @@ def versions_markdown(report: BuildReport) -> str:
     )
 
 
+def absolute_uri(uri: str) -> str:
+    """A local path made absolute (what a user copies must work from any folder); URLs as they are."""
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
 def read_snippet(lance_uri: str, version: int | None) -> str:
-    """Three lines of Python that read the samples table (at ``version``) without the blobs."""
+    """Three lines of Python that read the samples table (at ``version``) without the blobs, from anywhere."""
     pinned = "" if version is None else f", version={version}"
     return (
         "import lance\n"
-        f"ds = lance.dataset({(lance_uri.rstrip('/') + '/samples.lance')!r}{pinned})\n"
+        f"ds = lance.dataset({(absolute_uri(lance_uri).rstrip('/') + '/samples.lance')!r}{pinned})\n"
         "print(ds.to_table(columns=['sample_id', 'file_identifier', 'clip', 'n_views', 'n_frames']).to_pandas())"
     )
 

@@ -17,7 +17,6 @@ payload; the ``evaluate-sp4d`` deployment's trigger listens for it (infra/prefec
 
 from __future__ import annotations
 
-import base64
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
-    create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -34,6 +32,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from flows.artifacts import absolute_uri, image_markdown
 from pipelines.evaluate.evaluation import preview
 from pipelines.files import write_atomic
 from pipelines.train.checkpoints import (
@@ -109,10 +108,10 @@ def publish_preview(checkpoint: Checkpoint, inference_steps: int) -> Path:
     png = preview(checkpoint, inference_steps)
     path = checkpoint.run_dir / f"preview-step-{checkpoint.step:08d}.png"
     write_atomic(path, png)
-    create_image_artifact(
-        image_url="data:image/png;base64," + base64.b64encode(png).decode(),
+    create_markdown_artifact(
+        markdown=image_markdown(png, f"step {checkpoint.step}: true RGB | generated RGB | generated parts | true parts"),
         key=f"{KEY_PREFIX}-preview",
-        description=f"Step {checkpoint.step}, one row per view: true RGB | generated RGB | generated parts | true parts. Also at {path.resolve()}",
+        description=f"Step {checkpoint.step}, one row per view: true RGB | generated RGB | generated parts | true parts. PNG: {path.resolve()}",
     )
     return path
 
@@ -132,17 +131,17 @@ def publish_report(report: TrainReport, checkpoint: Checkpoint) -> None:
 
 def summary_markdown(report: TrainReport, checkpoint: Checkpoint) -> str:
     pin = report.dataset
-    resumed = f"resumed from `{report.resumed_from}` at step {report.start_step}" if report.resumed_from else "started from step 0"
+    resumed = f"resumed from `{Path(report.resumed_from).resolve()}` at step {report.start_step}" if report.resumed_from else "started from step 0"
     return (
-        f"## train-sp4d: `{report.run_dir}`\n\n"
-        f"- dataset: `{pin.lance_uri}` samples **v{pin.version}**, render config `{pin.config_hash}` "
+        f"## train-sp4d: `{Path(report.run_dir).resolve()}`\n\n"
+        f"- dataset: `{absolute_uri(pin.lance_uri)}` samples **v{pin.version}**, render config `{pin.config_hash}` "
         f"({pin.n_train} train / {pin.n_val} held-out samples); codec `{pin.vae_id}`"
         + (f", latents v{pin.latents_version}" if pin.latents_version is not None else "")
         + f"\n- {resumed}; now at step **{report.final_step}** ({report.steps_per_s:.2f} steps/s, "
         f"mixed precision `{report.mixed_precision}`)\n"
-        f"- newest checkpoint: `{checkpoint.path}` (record: `{checkpoint.record_path.name}`)\n"
+        f"- newest checkpoint: `{checkpoint.path.resolve()}` (record: `{checkpoint.record_path.name}`)\n"
         f"- code version `{report.code_version}`\n\n"
-        f"Watch the curves: `tensorboard --logdir {Path(report.run_dir) / 'logs'}`\n"
+        f"Watch the curves: `tensorboard --logdir {Path(report.run_dir).resolve() / 'logs'}`\n"
     )
 
 

@@ -4,7 +4,6 @@ real Blender workers, real Lance tables. One dataset is built, then refreshed in
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import os
@@ -31,6 +30,7 @@ from pipelines.build.sources.procedural import generate_assets
 from pipelines.build.store import DatasetStore
 from schemas.render import RenderSpec
 from schemas.samples import sample_key
+from tests.flows.artifact_images import embedded_png
 from tests.flows.conftest import TINY_RENDER, wait_gone
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
@@ -125,14 +125,16 @@ def test_artifacts_show_counts_reasons_progress_versions_and_the_contact_sheet(d
     assert '"stage": "probe/filter/render", "in": 4' in counts
     versions = by_key["kp20k-lance-versions"].data
     assert f"lance.dataset('{dataset.lance}/samples.lance', version={report.versions['samples']})" in versions
-    # The sheet is embedded as a data URI (the UI cannot load file:// URLs) and written next to the table.
-    uri = by_key["kp20k-contact-sheet"].data
-    png = base64.b64decode(uri.removeprefix("data:image/png;base64,"))
+    # The sheet is embedded as a data URI (the UI cannot load file:// URLs), alone in a markdown artifact
+    # (an image artifact prints its URI as text), and written next to the table.
+    png = embedded_png(by_key["kp20k-contact-sheet"].data)
     assert Path(report.contact_sheet).read_bytes() == png
     assert Path(report.contact_sheet) == Path(dataset.lance).with_name("kp20k.contact-sheet.png").resolve()
+    assert str(Path(report.contact_sheet)) in by_key["kp20k-contact-sheet"].description
     sheet = Image.open(io.BytesIO(png))
-    n_samples = min(report.render.samples_written, 8)
-    assert sheet.height == 12 + 128 * n_samples and sheet.width > 128 * 2 * 4  # labelled columns and rows
+    n_samples, n_views = min(report.render.samples_written, 8), min(TINY_RENDER["n_views"], 4)
+    # an RGB row above a part row per sample, one labelled column per view, at 128 px: it fits the UI's column
+    assert sheet.height == 12 + 2 * 128 * n_samples and 128 * n_views < sheet.width <= 700
 
 
 def test_an_unchanged_refresh_opens_no_blender(dataset, first):

@@ -8,7 +8,6 @@ process group, its temporary server included.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from pipelines.train.checkpoints import latest_checkpoint, list_checkpoints
 from pipelines.train.latents import open_latents
 from pipelines.train.loop import METRICS, TrainReport, state_digest
 from pipelines.version import code_version
+from tests.flows.artifact_images import embedded_png
 from tests.flows.conftest import REPO_ROOT, kill_session
 from tests.training_helpers import (
     build_tiny_dataset,
@@ -160,10 +160,12 @@ def test_the_flow_publishes_progress_losses_preview_and_summary_and_a_rerun_resu
     assert artifacts["kp20k-train-progress"].data == 100.0
     losses = json.loads(artifacts["kp20k-train-losses"].data)
     assert [row["step"] for row in losses] == [1, 2, 3] and all(math.isfinite(row["loss"]) for row in losses)
-    preview = base64.b64decode(artifacts["kp20k-train-preview"].data.removeprefix("data:image/png;base64,"))
+    preview = embedded_png(artifacts["kp20k-train-preview"].data)
     assert preview == (run_dir / "preview-step-00000003.png").read_bytes()
+    assert str((run_dir / "preview-step-00000003.png").resolve()) in artifacts["kp20k-train-preview"].description
     summary = artifacts["kp20k-train-summary"].data
-    assert f"samples **v{report.dataset.version}**" in summary and f"tensorboard --logdir {run_dir / 'logs'}" in summary
+    assert f"samples **v{report.dataset.version}**" in summary
+    assert f"tensorboard --logdir {run_dir.resolve() / 'logs'}" in summary and f"`{Path(synthetic_lance).resolve()}`" in summary
 
     again = train_sp4d(**params)  # the same request again (a second trigger): nothing left to do
     assert (again.run_dir, again.start_step, again.final_step) == (report.run_dir, 3, 3)

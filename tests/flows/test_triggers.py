@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 import yaml
@@ -44,7 +44,8 @@ def test_training_deployments_load_their_flows_with_valid_parameters():
     (train,), (evaluate,) = deployments("flows/train.py"), deployments("flows/evaluate.py")
     for deployment, flow_name in ((train, TRAIN_FLOW), (evaluate, EVALUATE_FLOW)):
         flow = load_flow_from_entrypoint(str(REPO_ROOT / deployment["entrypoint"]))
-        assert (deployment["name"], flow.name, deployment["work_pool"]["name"]) == ("local", flow_name, "process")
+        # Named after the flow: the Automations page shows an action as "Run deployment: <name>".
+        assert (deployment["name"], flow.name, deployment["work_pool"]["name"]) == (flow_name, flow_name, "process")
         assert flow.fn.__name__ == deployment["entrypoint"].split(":")[1]
     TrainConfig.model_validate(train["parameters"]["config"])
     EvalConfig.model_validate(evaluate["parameters"]["config"])
@@ -55,15 +56,32 @@ def test_build_completion_triggers_training_when_switched_on_and_training_trigge
     from prefect.cli.deploy._triggers import _initialize_deployment_triggers
 
     (train,), (evaluate,) = deployments("flows/train.py"), deployments("flows/evaluate.py")
-    (on_build,) = _initialize_deployment_triggers("train-sp4d/local", [dict(t) for t in train["triggers"]])
+    (on_build,) = _initialize_deployment_triggers("train-sp4d/train-sp4d", [dict(t) for t in train["triggers"]])
     assert on_build.name == TRAIN_TRIGGER and on_build.enabled is False  # switched on by hand: training is costly
     assert on_build.expect == {"prefect.flow-run.Completed"}
     assert on_build.match_related.model_dump() == {"prefect.resource.role": "flow", "prefect.resource.name": BUILD_FLOW}
     assert "flow_run.parameters.lance_uri" in on_build.parameters["lance_uri"]
-    (after_training,) = _initialize_deployment_triggers("evaluate-sp4d/local", [dict(t) for t in evaluate["triggers"]])
+    (after_training,) = _initialize_deployment_triggers("evaluate-sp4d/evaluate-sp4d", [dict(t) for t in evaluate["triggers"]])
     assert after_training.enabled is True and after_training.expect == {COMPLETED_EVENT}
     assert after_training.match.model_dump() == {"prefect.resource.id": "kp20k.train-run.*"}
     assert after_training.parameters == {"checkpoint": "{{ event.payload.checkpoint }}"}
+
+
+def test_the_automations_page_says_which_flow_runs_on_which_event():
+    """What the UI shows of an automation: its name, its description, "Trigger: A custom trigger" (Prefect
+    3.8.8 describes only triggers that name a flow by id) and "Run deployment: <deployment name>"."""
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+
+    (train,), (evaluate,) = deployments("flows/train.py"), deployments("flows/evaluate.py")
+    cases = [(train, TRAIN_FLOW, BUILD_FLOW), (evaluate, EVALUATE_FLOW, COMPLETED_EVENT)]
+    for deployment, runs, event in cases:
+        (trigger,) = _initialize_deployment_triggers(f"{runs}/{deployment['name']}", [dict(t) for t in deployment["triggers"]])
+        trigger.set_deployment_id(uuid4())
+        automation = trigger.as_automation()  # what `prefect deploy` creates
+        assert f"Run deployment: {deployment['name']}" == f"Run deployment: {runs}"
+        assert automation.name.startswith(runs)
+        assert automation.description.startswith("When a ") and event in automation.description
+        assert f"run {runs}" in automation.description
 
 
 # ------------------------------------------------------------------------- on the local stack
@@ -92,8 +110,8 @@ def test_a_completed_build_starts_training_and_then_evaluation(tmp_path_factory,
         "val_fraction": 0.34, "split_seed": held_out_seed(lance, 0.34),
     }  # fmt: skip
     with get_client(sync_client=True) as client:
-        train = client.read_deployment_by_name(f"{TRAIN_FLOW}/local")
-        evaluate = client.read_deployment_by_name(f"{EVALUATE_FLOW}/local")
+        train = client.read_deployment_by_name(f"{TRAIN_FLOW}/{TRAIN_FLOW}")
+        evaluate = client.read_deployment_by_name(f"{EVALUATE_FLOW}/{EVALUATE_FLOW}")
         saved = train.parameters, evaluate.parameters
         client.update_deployment(train.id, DeploymentUpdate(parameters={"output_dir": str(tmp_path / "runs"), "config": config}))
         client.update_deployment(evaluate.id, DeploymentUpdate(parameters={"config": {"max_samples": 1, "inference_steps": 2}}))

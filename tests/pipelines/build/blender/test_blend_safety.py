@@ -11,7 +11,6 @@ load; this covers the whole worker path, rendering included.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.build.content import file_sha256
 from pipelines.build.worker import AssetWorker
 from schemas.assets import AssetRef
 from schemas.filters import FilterRules
@@ -72,7 +72,7 @@ def armed_blend(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Pa
 def test_an_armed_blend_is_imported_and_rendered_and_its_python_never_runs(armed_blend, tmp_path: Path) -> None:
     blend, markers = armed_blend
     asset = AssetRef(file_identifier=f"file://{blend}", source="local", license="CC0-1.0", file_type="blend",
-                     sha256=hashlib.sha256(blend.read_bytes()).hexdigest(), local_path=str(blend))
+                     sha256=file_sha256(blend), local_path=str(blend))
     worker = AssetWorker(SPEC, FilterRules(), threads=2, log_path=tmp_path / "worker.log")
     try:
         result = worker.process(asset)

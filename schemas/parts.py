@@ -19,7 +19,10 @@ class PartRules(BaseModel):
         0.01, ge=0.0, lt=1.0, description="bones dominating less of the surface merge into their parent"
     )
     min_relative_motion: float = Field(
-        1e-3, ge=0.0, description="bones that never move relative to their parent (fraction of bounds) merge into it"
+        1e-3,
+        ge=0.0,
+        description="bones that never move this far relative to their parent over the whole clip (a fraction of "
+        "the longest side of the clip's bounds) merge into it",
     )
 
 

@@ -1,8 +1,8 @@
 """Which frames of a clip to look at.
 
-Two samplings, on purpose: :func:`motion_frames` is the fixed, dense sampling at which a clip's parts,
-palette and normalisation are decided (a property of the clip alone); :func:`sample_frames` picks the
-few frames a render grid shows (a property of the render configuration).
+Two samplings, on purpose: :func:`motion_frames` is the fixed, dense sampling at which a clip's parts
+and palette are decided (a property of the clip alone); :func:`sample_frames` picks the few frames a
+render grid shows (a property of the render configuration).
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ class AssetWorker:
         self.rules_hash = spec.part_rules_hash()
         self.code_version = code_version()
         self.lance_uri = lance_uri
+        self._store: DatasetStore | None = None
         self.n_assets = 0
         self.n_renders = 0
         self.n_parts_reused = 0
@@ -138,7 +139,9 @@ class AssetWorker:
         if self.lance_uri is None:
             return {}
         try:
-            return DatasetStore(self.lance_uri).part_decisions(sha256, self.rules_hash, self.code_version)
+            if self._store is None or self._store.uri != self.lance_uri.rstrip("/"):
+                self._store = DatasetStore(self.lance_uri)  # each read checks out the latest version
+            return self._store.part_decisions(sha256, self.rules_hash, self.code_version)
         except (StoreError, OSError, ValueError) as exc:
             with self.session.capture():
                 print(f"kp20k worker: part decisions of {sha256} not read from {self.lance_uri}, deciding again: {exc}")

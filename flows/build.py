@@ -51,7 +51,7 @@ from pipelines.build.sources.objaverse_xl import (
     sketchfab_object_paths_file,
 )
 from pipelines.build.sources.procedural import generate_assets
-from pipelines.build.store import DatasetStore
+from pipelines.build.store import DatasetStore, absolute_uri
 from pipelines.version import code_version
 from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
 from schemas.fetch import FetchSettings
@@ -173,7 +173,9 @@ def _render_in_pool(
             summary.first_worker_s = time.monotonic() - pool_started
 
     pool = RenderPool(
-        make_worker=_worker_factory(params.render, params.filters, str(Path(params.cache_dir).resolve() / "logs")),
+        make_worker=_worker_factory(
+            params.render, params.filters, str(Path(params.cache_dir).resolve() / "logs"), absolute_uri(params.lance_uri)
+        ),
         size=summary.pool_size,
         recycle_after=params.recycle_after,
         asset_timeout_s=params.asset_timeout_s,
@@ -343,14 +345,14 @@ def stored_sheet_entries(store: DatasetStore, config_hash: str, n: int = CONTACT
     return [SheetEntry(f"{r['file_identifier']} {r['clip']}", r["rgb"], r["parts"]) for r in rows]
 
 
-def _worker_factory(spec: RenderSpec, filters: FilterRules, log_dir: str) -> Any:
+def _worker_factory(spec: RenderSpec, filters: FilterRules, log_dir: str, lance_uri: str) -> Any:
     # A function of an importable module: Prefect loads this file by path (as module ``build``), which
     # Ray's workers could not import to unpickle a function defined here.
     from pipelines.build.worker import (
         worker_logging_to,  # imports bpy: only where a worker is built
     )
 
-    return partial(worker_logging_to, log_dir, spec, filters)
+    return partial(worker_logging_to, log_dir, spec, filters, lance_uri)  # reuses the stored part decisions
 
 
 def _record(summary: RenderSummary, outcome: Outcome, samples: list[Sample]) -> None:

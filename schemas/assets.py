@@ -43,6 +43,7 @@ class RejectReason(str, Enum):
     bad_weights = "bad_weights"
     nan_geometry = "nan_geometry"
     # parts / render
+    clip_too_short = "clip_too_short"  # the clip spans a single frame: no motion to decide parts from
     too_few_parts = "too_few_parts"
     render_failed = "render_failed"
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from schemas.parts import ColourRules, PartRules
+from schemas.parts import ColourRules, PartRules, part_rules_hash
 
 
 class RenderSpec(BaseModel):
@@ -57,6 +57,11 @@ class RenderSpec(BaseModel):
         """A short, stable hash of every field (canonical JSON)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def part_rules_hash(self) -> str:
+        """The hash of the fields that decide parts and their colours: the part decision's key uses
+        this, not :meth:`config_hash`, so every grid of a clip shares one decision."""
+        return part_rules_hash(self.parts, self.colours)
 
 
 class Camera(BaseModel):

@@ -41,6 +41,10 @@ class Sample(BaseModel):
     width: int
     cameras: list[Camera]
     part_map: PartMap
+    part_decision_id: str = Field(
+        description="key of the clip's part decision in the parts table: part_decision_key(sha256, clip, "
+        "rules hash of render_config's parts and colours, code_version)"
+    )
     normalisation_scale: float
     normalisation_offset: list[float] = Field(description="world = (original + offset) * scale")
     rgb: bytes = Field(json_schema_extra={"blob": True})

@@ -18,6 +18,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from schemas.assets import AssetRef, ProbeReport, Rejection
+from schemas.parts import PartDecision
 from schemas.samples import Sample
 
 M = TypeVar("M", bound=BaseModel)
@@ -145,3 +146,4 @@ class AssetRow(BaseModel):
 SAMPLES_SCHEMA = arrow_schema(Sample)
 ASSETS_SCHEMA = arrow_schema(AssetRow)
 REJECTIONS_SCHEMA = arrow_schema(Rejection)
+PARTS_SCHEMA = arrow_schema(PartDecision)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,6 +21,8 @@ BONE_LENGTH = 0.4
 NAN_VERTICES = 5
 NAN_KEYS_FROM = 12  # of 25 keys over 2 s: NaN from t = 1 s (frame 24 at 24 fps)
 BAD_WEIGHT_SCALE = 0.6  # 0.5/0.5 rows at the joints become 0.3/0.3, single rows 0.6
+FPS = 24  # Blender's default scene rate, which the glTF importer keeps
+TWITCH_FRAMES = (1, 3, 5)  # the tip bone leaves its rest at frame 1, peaks at 3, is back at 5
 
 
 def good_glb(folder: Path, kind: str = "arm", seed: int = 0) -> Path:
@@ -55,6 +58,33 @@ def nan_animation_glb(folder: Path) -> Path:
     """A skinned chain whose rotation keys are NaN from the middle of the clip on: the evaluated
     (deformed) mesh has NaN vertices at those frames."""
     return _write(folder, "nan-animation.glb", _chains_glb(nan_keys_from=NAN_KEYS_FROM))
+
+
+def twitch_glb(folder: Path) -> Path:
+    """A skinned chain of CHAIN_BONES bones over a 2 s clip (frames 0-48): the middle bone swings
+    about Z all clip long, and the tip bone twitches about X relative to it only between frames 1
+    and 5 of :data:`TWITCH_FRAMES` (60 degrees at frame 3), holding its rest pose at every other frame."""
+    times = np.linspace(0.0, 2.0, 25)
+    angles = np.radians(40.0) * np.sin(np.pi * times)
+    swing = np.column_stack([np.zeros((len(times), 2)), np.sin(angles / 2), np.cos(angles / 2)])
+    start, peak, end = (f / FPS for f in TWITCH_FRAMES)
+    twitch_times = np.array([0.0, start, peak, end, 2.0])
+    half = np.radians([0.0, 0.0, 60.0, 0.0, 0.0]) / 2
+    twitch = np.column_stack([np.sin(half), np.zeros((5, 2)), np.cos(half)])
+    return _write(folder, "twitch.glb", _chains_glb(channels=lambda joints: [
+        Channel(joints[1], "rotation", times, swing), Channel(joints[2], "rotation", twitch_times, twitch),
+    ]))
+
+
+def single_frame_glb(folder: Path) -> Path:
+    """A skinned chain whose only clip is one pose: its two keys lie 1e-5 s apart, which Blender's
+    importer puts at frames 0 and 0.00024, and the clip's range snaps to the single frame 0."""
+    times = np.array([0.0, 1e-5])
+    half = np.radians([0.0, 30.0]) / 2
+    bend = np.column_stack([np.zeros((2, 2)), np.sin(half), np.cos(half)])
+    return _write(folder, "single-frame.glb", _chains_glb(channels=lambda joints: [
+        Channel(j, "rotation", times, bend) for j in joints[1:]
+    ]))
 
 
 def truncated_glb(folder: Path) -> Path:
@@ -93,9 +123,10 @@ def _chains_glb(
     weight_scale: float = 1.0,
     nan_vertices: int = 0,
     nan_keys_from: int | None = None,
+    channels: Callable[[list[int]], list[Channel]] | None = None,
 ) -> bytes:
     """Chains of CHAIN_BONES upright bones side by side (skinned), or one plain tube (not skinned),
-    swinging about Z over a 2 s clip."""
+    swinging about Z over a 2 s clip; ``channels``, given a chain's joint nodes, replaces the swing."""
     builder = GlbBuilder(generator="kinematicparts tests/factories")
     material = builder.add_material("body", (0.6, 0.6, 0.6, 1.0))
     times = np.linspace(0.0, 2.0, 25)
@@ -103,7 +134,7 @@ def _chains_glb(
     swing = np.column_stack([np.zeros((len(times), 2)), np.sin(angles / 2), np.cos(angles / 2)])
     if nan_keys_from is not None:
         swing[nan_keys_from:] = np.nan
-    channels = []
+    animated = []
     for chain in range(n_chains):
         prefix = "ab"[chain]
         x = 0.5 * chain
@@ -114,7 +145,7 @@ def _chains_glb(
         if not skinned:
             mesh = builder.add_mesh("plain", positions, tube.triangles, tube.normals, material=material)
             node = builder.add_node("plain", mesh=mesh)
-            channels.append(Channel(node, "rotation", times, swing))
+            animated.append(Channel(node, "rotation", times, swing))
             continue
         # Blender makes one armature per deepest common ancestor of a skin's joints: a group node
         # per chain keeps the two skins apart (at the scene root they would share one armature)
@@ -132,6 +163,6 @@ def _chains_glb(
             f"body_{prefix}", positions, tube.triangles, tube.normals, tube.joints, weights, material
         )
         builder.add_node(f"body_{prefix}", parent=group, mesh=mesh, skin=skin)
-        channels += [Channel(j, "rotation", times, swing) for j in joints[1:]]
-    builder.add_animation("swing", channels)
+        animated += channels(joints) if channels else [Channel(j, "rotation", times, swing) for j in joints[1:]]
+    builder.add_animation("swing", animated)
     return builder.to_bytes()

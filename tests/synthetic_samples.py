@@ -16,7 +16,7 @@ import numpy as np
 from pipelines.build.blender import cameras as blender_cameras
 from pipelines.build.colour import BACKGROUND, encode_palette, encode_part_image
 from pipelines.build.framepack import pack
-from schemas.parts import PartMap
+from schemas.parts import PartMap, part_decision_key
 from schemas.render import Camera, RenderSpec
 from schemas.samples import Sample, sample_key
 
@@ -91,6 +91,7 @@ def synthetic_sample(
             part_names=[f"bone{i}" for i in range(n_parts)],
             palette=palette.tolist(),
         ),
+        part_decision_id=part_decision_key(sha256, clip, spec.part_rules_hash(), code_version),
         normalisation_scale=1.0,
         normalisation_offset=[0.0, 0.0, 0.0],
         rgb=pack(rgb),

@@ -14,11 +14,17 @@ order) and keeps its own root bone as the part's name; a root part with no child
 several root bones) merges into the largest other root part.
 
 Part ids are the depth-first order of each part's root bone, so the same rig always gives the same parts.
+
+The inputs belong to the clip, never to a render grid: motion is measured over the clip's whole range
+at a fixed sampling (:func:`pipelines.build.blender.frames.motion_frames`) and the reference positions
+are the clip's first frame normalised over the whole clip, so every render of a clip gets the same
+parts and palette (see docs/rendering.md, "Kinematic parts").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -27,7 +33,7 @@ from schemas.assets import RejectReason
 from schemas.errors import ReasonError
 from schemas.parts import ColourRules, PartMap, PartRules
 
-# Reference positions come from a normalisation over the sampled frames: allow rounding slack only.
+# Reference positions come from a normalisation over the clip's frames: allow rounding slack only.
 _UNIT_CUBE_SLACK = 0.01
 
 
@@ -44,9 +50,9 @@ class RigGeometry:
     with vertex v's largest normalised skin weight (-1: no weight; for a mesh rigidly parented to a
     bone, that bone). ``vertex_area[v]`` is the surface area attributed to v (for example a third of
     each adjacent triangle's area). ``vertex_positions`` are at the reference pose, the clip's first
-    frame (``PartMap.reference_pose == "first_frame"``), in the normalised unit cube **[0, 1]^3**
+    frame (``PartMap.reference_pose == "first_frame"``), in the clip's normalised unit cube **[0, 1]^3**
     (not centred at the origin). ``bone_relative_motion[b]`` is bone b's largest displacement relative
-    to its parent over the clip, as a fraction of the bounds diagonal (ignored for roots).
+    to its parent over the clip's motion frames, in normalised units (ignored for roots).
     """
 
     bone_names: list[str]
@@ -143,8 +149,17 @@ def part_centroids(rig: RigGeometry, parts: PartAssignment) -> np.ndarray:
     return np.clip(sums / parts.part_area[:, None], 0.0, 1.0)
 
 
-def build_part_map(rig: RigGeometry, rules: PartRules, colours: ColourRules) -> tuple[PartMap, np.ndarray]:
-    """The PartMap of a rig (every bone mapped, palette from the part centroids) and per-vertex part ids."""
+def build_part_map(
+    rig: RigGeometry,
+    rules: PartRules,
+    colours: ColourRules,
+    motion_frames: Sequence[float] = (),
+    reference_scale: float = 1.0,
+    reference_offset: Sequence[float] = (0.0, 0.0, 0.0),
+) -> tuple[PartMap, np.ndarray]:
+    """The PartMap of a rig (every bone mapped, palette from the part centroids) and per-vertex part
+    ids. Recorded with it: the frames the rig's motion was measured at, and the normalisation that
+    put its reference positions into the unit cube (``(world + offset) * scale + 0.5``)."""
     parts = kinematic_parts(rig, rules)
     centroids = part_centroids(rig, parts)
     palette = encode_palette(centroids, colours)
@@ -154,8 +169,27 @@ def build_part_map(rig: RigGeometry, rules: PartRules, colours: ColourRules) -> 
         palette=palette.tolist(),
         centroids=centroids.tolist(),
         reference_pose="first_frame",
+        reference_scale=float(reference_scale),
+        reference_offset=[float(x) for x in reference_offset],
+        motion_frames=[float(f) for f in motion_frames],
+        bone_motion=[float(m) for m in rig.bone_relative_motion],
     )
     return part_map, parts.vertex_part
+
+
+def vertex_parts(part_map: PartMap, bone_names: Sequence[str], vertex_bone: np.ndarray) -> np.ndarray:
+    """Per-vertex part ids [N] under an existing part map (-1 where a vertex has no bone): how a
+    stored decision is applied to a freshly loaded rig. Raises :class:`PartsError` when the map was
+    made for other bones."""
+    if list(part_map.bone_to_part) != list(bone_names):
+        raise PartsError(
+            RejectReason.render_failed,
+            f"the part map names bones {list(part_map.bone_to_part)[:6]}... but the rig has {list(bone_names)[:6]}...: "
+            "a stored part decision that does not belong to this asset; delete its row from the parts table",
+        )
+    bone_to_part = np.array([part_map.bone_to_part[name] for name in bone_names], dtype=np.int64)
+    vertex_bone = np.asarray(vertex_bone)
+    return np.where(vertex_bone >= 0, bone_to_part[np.maximum(vertex_bone, 0)], -1)
 
 
 class _Groups:

@@ -1,12 +1,16 @@
-"""The Lance tables of a build: ``samples``, ``assets`` and ``rejections``, written idempotently.
+"""The Lance tables of a build: ``samples``, ``assets``, ``rejections`` and ``parts``, written idempotently.
 
-A store is a folder (local path or ``s3://`` URI) holding ``samples.lance``, ``assets.lance`` and
-``rejections.lance``. Every table has one non-null string primary key, marked with Lance's
-``lance-schema:unenforced-primary-key`` field metadata:
+A store is a folder (local path or ``s3://`` URI) holding ``samples.lance``, ``assets.lance``,
+``rejections.lance`` and ``parts.lance``. Every table has one non-null string primary key, marked with
+Lance's ``lance-schema:unenforced-primary-key`` field metadata:
 
 - ``samples``: ``sample_id`` (= ``sample_key(sha256, clip, config_hash)``);
 - ``assets``: ``row_key`` = :func:`asset_key` (asset sha256, config hash);
-- ``rejections``: ``row_key`` = :func:`rejection_key` (sha256, file identifier, clip, config hash, stage).
+- ``rejections``: ``row_key`` = :func:`rejection_key` (sha256, file identifier, clip, config hash, stage);
+- ``parts``: ``decision_id`` (= ``part_decision_key(sha256, clip, part rules hash, code version)``): the
+  part decision of a clip, one row for every render configuration of it. Each sample carries its
+  decision (its ``part_map``) and names it in ``part_decision_id``; :meth:`DatasetStore.write_samples`
+  records it here, and a worker reads it back (:meth:`DatasetStore.part_decisions`) instead of deciding again.
 
 Writes are "insert if not exists" (the first write of a key wins): keys already in the table or
 repeated within the batch are dropped, the rest go through one ``merge_insert`` on the key, so a
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import zipfile
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
 import lance
@@ -30,11 +35,22 @@ from pydantic import BaseModel
 from pipelines.build.framepack import grid_shape
 from schemas.assets import Rejection, RejectReason
 from schemas.errors import ReasonError
+from schemas.parts import PartDecision, part_decision_key
+from schemas.render import RenderSpec
 from schemas.samples import Sample, sample_key
-from schemas.tables import ASSETS_SCHEMA, BLOB_METADATA, REJECTIONS_SCHEMA, SAMPLES_SCHEMA, AssetRow, to_row
+from schemas.tables import (
+    ASSETS_SCHEMA,
+    BLOB_METADATA,
+    PARTS_SCHEMA,
+    REJECTIONS_SCHEMA,
+    SAMPLES_SCHEMA,
+    AssetRow,
+    from_table,
+    to_row,
+)
 
-TableName = Literal["samples", "assets", "rejections"]
-TABLES: tuple[TableName, ...] = ("samples", "assets", "rejections")
+TableName = Literal["samples", "assets", "rejections", "parts"]
+TABLES: tuple[TableName, ...] = ("samples", "assets", "rejections", "parts")
 PRIMARY_KEY_METADATA = {b"lance-schema:unenforced-primary-key": b"true"}
 BLOB_COLUMNS = tuple(f.name for f in SAMPLES_SCHEMA if f.metadata == BLOB_METADATA)
 
@@ -76,11 +92,14 @@ def _with_primary_key(schema: pa.Schema, key: str) -> pa.Schema:
     return schema.insert(0, pa.field(key, pa.string(), nullable=False, metadata=PRIMARY_KEY_METADATA))
 
 
-KEY_COLUMN: dict[TableName, str] = {"samples": "sample_id", "assets": "row_key", "rejections": "row_key"}
+KEY_COLUMN: dict[TableName, str] = {
+    "samples": "sample_id", "assets": "row_key", "rejections": "row_key", "parts": "decision_id"
+}
 TABLE_SCHEMAS: dict[TableName, pa.Schema] = {
     "samples": _with_primary_key(SAMPLES_SCHEMA, "sample_id"),
     "assets": _with_primary_key(ASSETS_SCHEMA, "row_key"),
     "rejections": _with_primary_key(REJECTIONS_SCHEMA, "row_key"),
+    "parts": _with_primary_key(PARTS_SCHEMA, "decision_id"),
 }
 
 
@@ -88,11 +107,35 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def part_decision_of(sample: Sample) -> PartDecision:
+    """The part decision a sample was rendered with, as its ``parts`` row. Raises :class:`StoreError`
+    when the sample's ``part_decision_id`` is not the key its own fields give (a bug upstream)."""
+    try:
+        rules_hash = RenderSpec.model_validate_json(sample.render_config).part_rules_hash()
+    except ValueError as exc:
+        raise StoreError("bad_render_config", f"{sample.sample_id}: render_config is not a RenderSpec: {exc}") from exc
+    expected = part_decision_key(sample.sha256, sample.clip, rules_hash, sample.code_version)
+    if sample.part_decision_id != expected:
+        raise StoreError(
+            "bad_part_decision_id", f"{sample.sample_id}: part_decision_id {sample.part_decision_id} is not {expected}"
+        )
+    return PartDecision(
+        decision_id=expected,
+        sha256=sample.sha256,
+        clip=sample.clip,
+        rules_hash=rules_hash,
+        code_version=sample.code_version,
+        part_map=sample.part_map,
+        created_at=sample.created_at,
+    )
+
+
 def check_sample(sample: Sample) -> Sample:
-    """Refuse a sample whose key or payloads contradict its own fields (a bug upstream)."""
+    """Refuse a sample whose keys or payloads contradict its own fields (a bug upstream)."""
     expected = sample_key(sample.sha256, sample.clip, sample.config_hash)
     if sample.sample_id != expected:
         raise StoreError("bad_sample_id", f"{sample.sample_id} is not sample_key(...) = {expected}")
+    part_decision_of(sample)
     if len(sample.cameras) != sample.n_views:
         raise StoreError("bad_grid", f"{sample.sample_id}: {len(sample.cameras)} cameras for {sample.n_views} views")
     for column in BLOB_COLUMNS:
@@ -107,6 +150,12 @@ def check_sample(sample: Sample) -> Sample:
                 f"the row says {sample.n_views}x{sample.n_frames}",
             )
     return sample
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a local path made absolute (a Ray worker may run in another directory); URIs
+    with a scheme (``s3://...``) are returned as they are."""
+    return uri if "://" in uri else str(Path(uri).resolve())
 
 
 def table_uri(uri: str, table: TableName) -> str:
@@ -163,9 +212,26 @@ class DatasetStore:
     def write_samples(self, samples: Iterable[Sample]) -> int:
         """Insert the samples whose ``sample_id`` is new, in one commit; returns the rows added.
 
-        ``samples`` is streamed (a generator reading a shard from staging never holds it all).
+        ``samples`` is streamed (a generator reading a shard from staging never holds it all). Then the
+        part decision of every sample in the batch goes into ``parts`` (a second commit, insert-if-new:
+        a write killed between the two leaves the decision to be recorded by the rerun, and until then
+        a worker simply decides it again, with the same result).
         """
-        return self._insert_new("samples", samples, lambda s: check_sample(s).sample_id)
+        decisions: dict[str, PartDecision] = {}
+
+        def checked() -> Iterator[Sample]:
+            for sample in samples:
+                check_sample(sample)
+                if sample.part_decision_id not in decisions:  # small rows: the payloads are not kept
+                    decisions[sample.part_decision_id] = part_decision_of(sample)
+                yield sample
+
+        added = self._insert_new("samples", checked(), lambda s: s.sample_id)
+        self.write_part_decisions(decisions.values())
+        return added
+
+    def write_part_decisions(self, rows: Iterable[PartDecision]) -> int:
+        return self._insert_new("parts", rows, lambda r: r.decision_id)
 
     def write_assets(self, rows: Iterable[AssetRow]) -> int:
         return self._insert_new("assets", rows, lambda r: asset_key(r.asset.sha256, r.config_hash))
@@ -270,6 +336,16 @@ class DatasetStore:
         worker_rejections = self.read("rejections", columns=["sha256"], filter=f"{where} AND stage NOT IN ({stages})")
         touched |= set(worker_rejections.column("sha256").to_pylist())
         return set(self.decided_assets(config_hash)) - (touched - marked)
+
+    def part_decisions(self, sha256: str, rules_hash: str, code_version: str) -> dict[str, PartDecision]:
+        """clip -> the stored part decision of each clip of the asset ``sha256`` under these part rules
+        and this code version (what a worker reuses instead of deciding again)."""
+        where = " AND ".join(
+            f"{column} = {sql_literal(value)}"
+            for column, value in (("sha256", sha256), ("rules_hash", rules_hash), ("code_version", code_version))
+        )
+        rows = from_table(PartDecision, self.read("parts", filter=where))
+        return {row.clip: row for row in rows}
 
     def take_blobs(self, column: str, sample_ids: Sequence[str], version: int | None = None) -> list[lance.BlobFile]:
         """Lazy file objects over one blob column, in the order of ``sample_ids``: a reader fetches

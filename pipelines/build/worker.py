@@ -7,6 +7,11 @@ process; the render pool catches that, records ``crashed`` / ``timeout`` and sta
 
 Clips: by default every clip of the asset that passes the filters is rendered (Fox.glb gives three
 samples); ``clips`` picks some by name.
+
+Parts: a clip's part decision belongs to (asset, clip, part rules, code version), not to the render
+grid. Given the store's ``lance_uri``, the worker looks up the decisions already stored for the asset
+and renders with them; a clip without one is decided from the whole clip, and its sample carries the
+decision so that the store records it (``parts`` table) when the sample is written.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from pipelines.build.blender.render import RenderedGrid, render_grid
 from pipelines.build.blender.session import BlenderSession
 from pipelines.build.framepack import pack
 from pipelines.build.parts import PartsError
+from pipelines.build.store import DatasetStore, StoreError
 from pipelines.version import code_version
 from schemas.assets import AssetRef, ProbeReport, RejectReason, Rejection
 from schemas.filters import FilterRules
+from schemas.parts import PartDecision, part_decision_key
 from schemas.render import RenderSpec
 from schemas.samples import Sample, sample_key
 
@@ -58,19 +65,30 @@ class AssetWorker:
     """Renders assets with one warm :class:`BlenderSession`; ``threads`` defaults to ``spec.threads``.
 
     ``n_assets`` and ``n_renders`` count this worker's lifetime work, so a pool can recycle it after
-    N assets (long-lived Blender processes have been seen to hang after hundreds of renders).
+    N assets (long-lived Blender processes have been seen to hang after hundreds of renders);
+    ``n_parts_reused`` counts the clips rendered with a part decision read from the store at
+    ``lance_uri`` (None: no store, every clip is decided).
     """
 
     def __init__(
-        self, spec: RenderSpec, filters: FilterRules, threads: int | None = None, log_path: str | Path | None = None
+        self,
+        spec: RenderSpec,
+        filters: FilterRules,
+        threads: int | None = None,
+        log_path: str | Path | None = None,
+        lance_uri: str | None = None,
     ) -> None:
         self.spec = spec
         self.filters = filters
         self.session = BlenderSession(threads=spec.threads if threads is None else threads, log_path=log_path)
         self.config_hash = spec.config_hash()
+        self.rules_hash = spec.part_rules_hash()
         self.code_version = code_version()
+        self.lance_uri = lance_uri
+        self._store: DatasetStore | None = None
         self.n_assets = 0
         self.n_renders = 0
+        self.n_parts_reused = 0
 
     def process(self, asset: AssetRef, clips: list[str] | None = None) -> WorkResult:
         started = time.perf_counter()
@@ -96,11 +114,14 @@ class AssetWorker:
         accepted, rejected = filters.select_clips(probe, self.filters, clips)
         stage = "probe" if not probe.ok else "filter"
         result.rejections += [self._reject(asset, stage, reason, detail, clip) for clip, reason, detail in rejected]
+        stored = self._stored_decisions(asset.sha256) if accepted else {}
         for n, clip in enumerate(accepted):
             try:
                 if n:  # rendering changed the scene (materials, hidden objects): start the next clip clean
                     self.session.load(asset.local_path)
-                grid = render_grid(self.session, clip, self.spec, object_seed(self.spec, asset.sha256))
+                known = stored[clip].part_map if clip in stored else None
+                grid = render_grid(self.session, clip, self.spec, object_seed(self.spec, asset.sha256), parts=known)
+                self.n_parts_reused += known is not None
             except (BlenderStageError, PartsError) as exc:
                 stage = "parts" if isinstance(exc, PartsError) else "render"
                 result.rejections.append(self._reject(asset, stage, exc.reason, exc.detail, clip))
@@ -111,6 +132,20 @@ class AssetWorker:
                 continue
             result.n_renders += grid.n_renders
             result.samples.append(self._sample(asset, probe, grid))
+
+    def _stored_decisions(self, sha256: str) -> dict[str, PartDecision]:
+        """The asset's stored part decisions under this worker's part rules and code version. A store
+        that cannot be read costs only the time to decide again (the decision is deterministic)."""
+        if self.lance_uri is None:
+            return {}
+        try:
+            if self._store is None or self._store.uri != self.lance_uri.rstrip("/"):
+                self._store = DatasetStore(self.lance_uri)  # each read checks out the latest version
+            return self._store.part_decisions(sha256, self.rules_hash, self.code_version)
+        except (StoreError, OSError, ValueError) as exc:
+            with self.session.capture():
+                print(f"kp20k worker: part decisions of {sha256} not read from {self.lance_uri}, deciding again: {exc}")
+            return {}
 
     def _sample(self, asset: AssetRef, probe: ProbeReport, grid: RenderedGrid) -> Sample:
         n_views, n_frames, height, width = grid.part_ids.shape
@@ -129,6 +164,7 @@ class AssetWorker:
             width=width,
             cameras=grid.cameras,
             part_map=grid.part_map,
+            part_decision_id=part_decision_key(asset.sha256, grid.clip, self.rules_hash, self.code_version),
             normalisation_scale=grid.normalisation_scale,
             normalisation_offset=grid.normalisation_offset,
             rgb=pack(grid.rgb),
@@ -157,12 +193,16 @@ class AssetWorker:
         )
 
 
-def worker_logging_to(log_dir: str | Path, spec: RenderSpec, filters: FilterRules) -> AssetWorker:
-    """A worker whose Blender output goes to ``log_dir/blender-<host>-<pid>.log``.
+def worker_logging_to(
+    log_dir: str | Path, spec: RenderSpec, filters: FilterRules, lance_uri: str | None = None
+) -> AssetWorker:
+    """A worker whose Blender output goes to ``log_dir/blender-<host>-<pid>.log``, reusing the part
+    decisions stored at ``lance_uri``.
 
     The log outlives the worker on purpose: a worker killed on a timeout cannot clean up after
     itself, and its log is what says why. One file per worker process.
     """
     folder = Path(log_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    return AssetWorker(spec, filters, log_path=folder / f"blender-{socket.gethostname()}-{os.getpid()}.log")
+    log_path = folder / f"blender-{socket.gethostname()}-{os.getpid()}.log"
+    return AssetWorker(spec, filters, log_path=log_path, lance_uri=lance_uri)

@@ -169,7 +169,8 @@ def test_a_changed_render_spec_adds_new_rows_and_keeps_the_old_ones_readable(dat
     store = dataset.store()
     old_version = store.version("samples")
     old_rows = sample_rows(store)
-    changed = {**TINY_RENDER, "resolution": 40}
+    decisions = store.read("parts", columns=["decision_id", "sha256", "clip"]).to_pylist()
+    changed = {**TINY_RENDER, "resolution": 40, "n_frames": 1}
     report, _ = dataset.build(render=changed)
     assert report.config_hash == RenderSpec(**changed).config_hash() != old_rows[0]["config_hash"]
     assert len(report.render.processed_sha256) == 6  # every asset, again, under the new spec
@@ -179,6 +180,17 @@ def test_a_changed_render_spec_adds_new_rows_and_keeps_the_old_ones_readable(dat
     assert sample_rows(store, old_version) == old_rows  # the old version reads back unchanged
     new_row = dataset.store().read_samples(columns=["rgb"], filter=f"config_hash = '{report.config_hash}'").to_pylist()[0]
     assert unpack(new_row["rgb"]).shape[2:4] == (40, 40)
+    # the parts are the clip's: the new grid reused every stored decision and drew the same part maps
+    assert dataset.store().read("parts", columns=["decision_id", "sha256", "clip"]).to_pylist() == decisions
+    maps = dataset.store().read_samples(columns=["sha256", "clip", "config_hash", "part_map", "part_decision_id"]).to_pylist()
+    by_clip: dict[tuple[str, str], list[dict]] = {}
+    for row in maps:
+        by_clip.setdefault((row["sha256"], row["clip"]), []).append(row)
+    assert {(d["sha256"], d["clip"]) for d in decisions} == set(by_clip)
+    for rows_of_clip in by_clip.values():
+        assert {r["config_hash"] for r in rows_of_clip} == {old_rows[0]["config_hash"], report.config_hash}
+        assert all(r["part_map"] == rows_of_clip[0]["part_map"] for r in rows_of_clip)
+        assert len({r["part_decision_id"] for r in rows_of_clip}) == 1
 
 
 def test_a_bad_parameter_fails_the_run_before_any_work(tmp_path):

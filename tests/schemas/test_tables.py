@@ -20,12 +20,13 @@ from schemas.assets import (
     Rejection,
     RejectReason,
 )
-from schemas.parts import PartMap
+from schemas.parts import PartDecision, PartMap, part_decision_key
 from schemas.render import Camera, RenderSpec
 from schemas.samples import Sample, sample_key
 from schemas.tables import (
     ASSETS_SCHEMA,
     BLOB_METADATA,
+    PARTS_SCHEMA,
     REJECTIONS_SCHEMA,
     SAMPLES_SCHEMA,
     AssetRow,
@@ -36,7 +37,12 @@ from schemas.tables import (
     to_table,
 )
 
-TABLES = [(Sample, SAMPLES_SCHEMA), (AssetRow, ASSETS_SCHEMA), (Rejection, REJECTIONS_SCHEMA)]
+TABLES = [
+    (Sample, SAMPLES_SCHEMA),
+    (AssetRow, ASSETS_SCHEMA),
+    (Rejection, REJECTIONS_SCHEMA),
+    (PartDecision, PARTS_SCHEMA),
+]
 WHEN = datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=timezone.utc)
 
 
@@ -117,6 +123,10 @@ def sample() -> Sample:
         palette=[[40, 128, 215], [200, 60, 90]],
         centroids=[[0.5, 0.5, 0.1], [0.9, 0.4, 0.6]],
         reference_pose="rest",
+        reference_scale=0.5,
+        reference_offset=[0.25, -1.0, 0.0],
+        motion_frames=[1.0, 2.0, 3.5],
+        bone_motion=[0.0, 0.25, 0.125],
     )
     return Sample(
         sample_id=sample_key("c" * 64, "walk", spec.config_hash()),
@@ -133,6 +143,7 @@ def sample() -> Sample:
         width=16,
         cameras=cameras,
         part_map=part_map,
+        part_decision_id=part_decision_key("c" * 64, "walk", spec.part_rules_hash(), "v1"),
         normalisation_scale=0.731,
         normalisation_offset=[-0.1, 0.2, -0.3],
         rgb=bytes(range(256)) * 3,
@@ -147,7 +158,21 @@ def sample() -> Sample:
     )
 
 
-RECORDS = [(Sample, sample), (AssetRow, asset_row), (Rejection, rejection)]
+def part_decision() -> PartDecision:
+    record = sample()
+    rules_hash = RenderSpec.model_validate_json(record.render_config).part_rules_hash()
+    return PartDecision(
+        decision_id=part_decision_key(record.sha256, record.clip, rules_hash, record.code_version),
+        sha256=record.sha256,
+        clip=record.clip,
+        rules_hash=rules_hash,
+        code_version=record.code_version,
+        part_map=record.part_map,
+        created_at=WHEN,
+    )
+
+
+RECORDS = [(Sample, sample), (AssetRow, asset_row), (Rejection, rejection), (PartDecision, part_decision)]
 
 
 def test_fixture_records_set_every_field_away_from_its_default():
@@ -275,7 +300,11 @@ def test_records_round_trip_through_arrow_ipc_bytes(model, make):
     assert from_table(model, read) == [record]
 
 
-@pytest.mark.parametrize("model, make", [(AssetRow, asset_row), (Rejection, rejection)], ids=["assets", "rejections"])
+@pytest.mark.parametrize(
+    "model, make",
+    [(AssetRow, asset_row), (Rejection, rejection), (PartDecision, part_decision)],
+    ids=["assets", "rejections", "parts"],
+)
 def test_plain_tables_round_trip_through_lance(tmp_path, model, make):
     record = make()
     dataset = lance.write_dataset(to_table([record], model), tmp_path / "table.lance")

@@ -64,6 +64,18 @@ def play(clip: Clip) -> None:
         data.action_slot = slot
 
 
+def key_times(clip: Clip) -> list[float]:
+    """Every keyframe time of the clip's action (all layers, strips and slots), sorted, unique."""
+    action = bpy.data.actions[clip.name]
+    times: set[float] = set()
+    for layer in action.layers:
+        for strip in layer.strips:
+            for bag in getattr(strip, "channelbags", ()):
+                for curve in bag.fcurves:
+                    times.update(float(key.co.x) for key in curve.keyframe_points)
+    return sorted(times)
+
+
 def _snap(frame: float) -> float:
     """Importers convert key times to frames in float32: 0.9999989 means frame 1."""
     nearest = round(frame)

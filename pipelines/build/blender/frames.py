@@ -1,9 +1,45 @@
-"""Which frames of a clip to render: the stride grows until consecutive frames differ enough."""
+"""Which frames of a clip to look at.
+
+Two samplings, on purpose: :func:`motion_frames` is the fixed, dense sampling at which a clip's parts
+and palette are decided (a property of the clip alone); :func:`sample_frames` picks the few frames a
+render grid shows (a property of the render configuration).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterable
+
+import numpy as np
+
+# A clip longer than this many sampled frames (about 10 s at 24 fps, every frame) is measured at this
+# many frames spread evenly over its range instead: bounds the cost of deciding parts on long clips.
+MAX_MOTION_FRAMES = 256
+_SAME_FRAME = 1e-4  # key times within this of a sampled frame add nothing
+
+
+def motion_frames(start: float, end: float, keys: Iterable[float] = ()) -> list[float]:
+    """The fixed sampling of a clip at which its parts are decided, independent of any render grid.
+
+    Every whole frame from ``start`` to ``end``, the two ends themselves (which may be fractional), and
+    every key time inside the range, sorted; when that is more than :data:`MAX_MOTION_FRAMES`, that many
+    frames evenly spread from ``start`` to ``end`` instead. The first frame is always ``start``, the
+    reference pose. A clip with ``end <= start`` gives the single frame ``[start]``: too short to judge
+    motion (the caller refuses it).
+    """
+    if not end > start:
+        return [float(start)]
+    candidates = [float(start), float(end), *map(float, range(math.ceil(start), math.floor(end) + 1))]
+    candidates += [float(k) for k in keys if start <= k <= end]
+    frames: list[float] = []
+    for frame in sorted(candidates):
+        if not frames or frame - frames[-1] > _SAME_FRAME:
+            frames.append(frame)
+    if frames[-1] != end:  # a key a hair before ``end`` was kept instead of it
+        frames[-1] = float(end)
+    if len(frames) > MAX_MOTION_FRAMES:
+        return [float(f) for f in np.linspace(start, end, MAX_MOTION_FRAMES)]
+    return frames
 
 
 def sample_frames(

@@ -13,10 +13,9 @@ from pipelines.build.blender import clips as clip_ops
 from pipelines.build.blender import gltf_scan
 from pipelines.build.blender import scene
 from pipelines.build.blender.errors import BlenderStageError
+from pipelines.build.blender.frames import motion_frames
 from pipelines.build.blender.session import BlenderSession
 from schemas.assets import BoneInfo, ClipInfo, ProbeReport, RejectReason
-
-MOTION_SAMPLES = 32  # frames per clip at which bone motion is measured
 
 
 def probe_asset(session: BlenderSession, path: str | Path, sha256: str) -> ProbeReport:
@@ -141,13 +140,14 @@ def _reference_bounds(meshes: list[bpy.types.Object], clips: list[clip_ops.Clip]
 
 def _clip_motion(clip: clip_ops.Clip, skeletons: list[scene.Skeleton], diagonal: float) -> float:
     """Largest displacement of any bone point from its first-frame position, over the clip, as a
-    fraction of the reference bounds diagonal."""
+    fraction of the reference bounds diagonal. Measured at the same fixed sampling the parts are
+    decided at (every whole frame and key), so the filter and the parts see the same motion."""
     if not skeletons or diagonal <= 0:
         return 0.0
     clip_ops.play(clip)
     first = None
     largest = 0.0
-    for frame in np.linspace(clip.frame_start, clip.frame_end, MOTION_SAMPLES):
+    for frame in motion_frames(clip.frame_start, clip.frame_end, clip_ops.key_times(clip)):
         scene.set_frame(float(frame))
         points = np.concatenate([s.world_points(s.world_matrices()).reshape(-1, 3) for s in skeletons])
         if first is None:

@@ -30,10 +30,10 @@ from pipelines.build.blender.cameras import blender_matrix_world, fit_distance, 
 from pipelines.build.blender.errors import RenderError
 from pipelines.build.blender.exr import read_exr
 from pipelines.build.blender.materials import assign_part_materials, face_parts, flat_part_material
-from pipelines.build.blender.rig import SceneRig, extract_rig
+from pipelines.build.blender.rig import decide_clip_parts, grid_frames, scene_rig
 from pipelines.build.blender.session import BlenderSession
 from pipelines.build.colour import decode_part_image, encode_part_image
-from pipelines.build.parts import build_part_map
+from pipelines.build.parts import vertex_parts
 from schemas.assets import RejectReason
 from schemas.parts import PartMap
 from schemas.render import Camera, RenderSpec
@@ -80,11 +80,20 @@ def elevation_for(spec: RenderSpec, seed: int) -> float:
 
 
 def render_grid(
-    session: BlenderSession, clip: str, spec: RenderSpec, seed: int, progress: Progress | None = None
+    session: BlenderSession,
+    clip: str,
+    spec: RenderSpec,
+    seed: int,
+    progress: Progress | None = None,
+    parts: PartMap | None = None,
 ) -> RenderedGrid:
     """Render ``clip`` of the asset loaded in ``session``. Raises :class:`RenderError` or
     :class:`~pipelines.build.parts.PartsError` (both with a reason code) for assets that cannot be rendered.
-    Leaves the scene modified: reset the session before the next asset."""
+
+    ``parts`` is the clip's part map when it is already decided (stored for this asset, clip, part
+    rules and code version); otherwise it is decided here from the whole clip. Either way the grid
+    does not enter into it; the map used is the grid's ``part_map``. Leaves the scene modified: reset
+    the session before the next asset."""
     if spec.engine != "CYCLES":
         # EEVEE aborts the whole process, uncatchably, where no EGL is found, and has no
         # material-index pass; only Cycles is safe inside a long-lived worker.
@@ -94,8 +103,11 @@ def render_grid(
     with session.capture():
         chosen = clip_ops.find_clip(clip)
         clip_ops.play(chosen)
-        rig = extract_rig(chosen, spec.n_frames, spec.motion_threshold)
-        part_map, vertex_part = build_part_map(rig.geometry, spec.parts, spec.colours)
+        rig = scene_rig(chosen)
+        part_map = parts if parts is not None else decide_clip_parts(rig, chosen, spec.parts, spec.colours)
+        timings["parts"] = time.perf_counter() - started
+        vertex_part = vertex_parts(part_map, rig.skeleton.names, rig.vertex_bone)
+        grid = grid_frames(rig, chosen, spec.n_frames, spec.motion_threshold)
         copies: dict = {}
         for obj, rows in zip(rig.meshes, rig.vertex_ranges):
             assign_part_materials(obj, face_parts(obj, vertex_part[rows], part_map.n_parts), copies)
@@ -103,11 +115,12 @@ def render_grid(
         elevation = elevation_for(spec, seed)
         distance = spec.camera_distance
         if spec.frame_fill is not None:
-            distance = fit_distance(rig.frame_positions, spec.n_views, elevation, spec.fov_deg, spec.frame_fill)
+            distance = fit_distance(grid.positions, spec.n_views, elevation, spec.fov_deg, spec.frame_fill)
         cameras = orbit_cameras(spec.n_views, elevation, distance, spec.fov_deg, spec.resolution)
-        _setup_scene(spec, session.threads, rig.scale, distance)
+        scale, offset = grid.scale, grid.offset
+        _setup_scene(spec, session.threads, scale, distance)
         timings["prepare"] = time.perf_counter() - started
-        rgb, part_ids, seconds = _render_cells(cameras, rig, spec.resolution, progress)
+        rgb, part_ids, seconds = _render_cells(cameras, grid.frames, scale, offset, spec.resolution, progress)
     if part_ids.max() >= part_map.n_parts:
         raise RenderError(RejectReason.render_failed, f"part id {int(part_ids.max())} beyond {part_map.n_parts} parts")
     timings.update(seconds, total=time.perf_counter() - started)
@@ -119,10 +132,10 @@ def render_grid(
         parts=encode_part_image(part_ids, np.asarray(part_map.palette, np.uint8)),
         alpha=np.where(part_ids >= 0, 255, 0).astype(np.uint8),
         cameras=cameras,
-        frame_times=[float(f) for f in rig.frames],
+        frame_times=[float(f) for f in grid.frames],
         part_map=part_map,
-        normalisation_scale=rig.scale,
-        normalisation_offset=[float(x) for x in rig.offset],
+        normalisation_scale=scale,
+        normalisation_offset=[float(x) for x in offset],
         timings=timings,
     )
 
@@ -139,16 +152,17 @@ def each_cell(cameras: list[Camera], frames: list[float], scale: float, offset: 
 
 
 def _render_cells(
-    cameras: list[Camera], rig: SceneRig, resolution: int, progress: Progress | None
+    cameras: list[Camera], frames: list[float], scale: float, offset: np.ndarray, resolution: int,
+    progress: Progress | None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    shape = (len(cameras), len(rig.frames), resolution, resolution)
+    shape = (len(cameras), len(frames), resolution, resolution)
     rgb = np.zeros(shape + (3,), np.uint8)
     part_ids = np.full(shape, -1, np.int16)
     seconds = {"render": 0.0, "read": 0.0}
     with tempfile.TemporaryDirectory(prefix="kp20k-render-") as tmp:
         output = Path(tmp) / "cell.exr"
         bpy.context.scene.render.filepath = str(output)
-        for done, (v, f) in enumerate(each_cell(cameras, rig.frames, rig.scale, rig.offset), start=1):
+        for done, (v, f) in enumerate(each_cell(cameras, frames, scale, offset), start=1):
             tick = time.perf_counter()
             _render_still()
             tock = time.perf_counter()
@@ -156,7 +170,7 @@ def _render_cells(
             seconds["render"] += tock - tick
             seconds["read"] += time.perf_counter() - tock
             if progress is not None:
-                progress(done, len(cameras) * len(rig.frames))
+                progress(done, len(cameras) * len(frames))
     return rgb, part_ids, seconds
 
 

@@ -21,6 +21,7 @@ from pipelines.build.framepack import pack, unpack
 from pipelines.build.store import DatasetStore, StoreError, asset_key, table_uri
 from tests.synthetic_samples import part_grid, synthetic_sample
 from schemas.assets import AssetRef, ProbeReport, RejectReason, Rejection
+from schemas.parts import PartDecision, PartRules
 from schemas.render import RenderSpec
 from schemas.samples import Sample
 from schemas.tables import AssetRow, from_table
@@ -128,8 +129,9 @@ def test_take_blobs_gives_lazy_files_in_the_asked_order(store: DatasetStore) -> 
         (lambda s: s.model_copy(update={"parts": pack(np.zeros((4, 3, 8, 8), np.uint8))}), "bad_frame_pack"),
         (lambda s: s.model_copy(update={"alpha": b"not a zip"}), "bad_frame_pack"),
         (lambda s: s.model_copy(update={"cameras": s.cameras[:2]}), "bad_grid"),
+        (lambda s: s.model_copy(update={"part_decision_id": "0" * 32}), "bad_part_decision_id"),
     ],
-    ids=["wrong-key", "wrong-grid-pack", "not-a-zip", "missing-cameras"],
+    ids=["wrong-key", "wrong-grid-pack", "not-a-zip", "missing-cameras", "wrong-part-decision"],
 )
 def test_bad_sample_is_refused_and_the_whole_batch_is_not_committed(store: DatasetStore, corrupt, reason: str) -> None:
     good = samples(range(40))  # the bad row comes after two full write chunks
@@ -139,6 +141,28 @@ def test_bad_sample_is_refused_and_the_whole_batch_is_not_committed(store: Datas
     assert err.value.reason == reason
     assert store.version() == version
     assert row_ids(store) == Counter()
+    assert store.checkout(table="parts").count_rows() == 0
+
+
+def test_one_part_decision_per_clip_and_rules_whatever_the_grid(store: DatasetStore) -> None:
+    """Three render configurations of the same clips share one ``parts`` row per (asset, clip); other
+    part rules or another code version make their own."""
+    grids = [SPEC, SPEC.model_copy(update={"n_views": 2, "n_frames": 1}), SPEC.model_copy(update={"resolution": 16})]
+    for spec in grids:
+        assert store.write_samples(samples(range(3), spec)) == 3
+    assert store.write_samples(samples(range(2), SPEC.model_copy(update={"parts": PartRules(max_parts=4)}))) == 2
+    later = SPEC.model_copy(update={"samples": 2})  # same part rules, later code
+    assert store.write_samples([synthetic_sample(sha(0), spec=later, code_version="other")]) == 1
+    decisions = from_table(PartDecision, store.read("parts"))
+    assert len(decisions) == 3 + 2 + 1 == len({d.decision_id for d in decisions})
+    referenced = set(store.read_samples(columns=["part_decision_id"]).column("part_decision_id").to_pylist())
+    assert referenced == {d.decision_id for d in decisions}
+    found = store.part_decisions(sha(1), SPEC.part_rules_hash(), "test")
+    assert list(found) == ["clip"]
+    stored_sample = samples(range(1, 2))[0]
+    assert found["clip"].part_map == stored_sample.part_map
+    assert store.part_decisions(sha(1), SPEC.part_rules_hash(), "other") == {}
+    assert store.part_decisions(sha(7), SPEC.part_rules_hash(), "test") == {}
 
 
 def asset_row(i: int, config_hash: str = "cfg") -> AssetRow:

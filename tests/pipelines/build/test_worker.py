@@ -12,13 +12,15 @@ import pytest
 from pipelines.build.colour import decode_part_image
 from pipelines.build.framepack import unpack
 from pipelines.build.sources.procedural import KINDS, generate_asset
+from pipelines.build.store import DatasetStore
 from pipelines.version import code_version
 from pipelines.build.worker import AssetWorker
 from schemas.assets import AssetRef, RejectReason
 from schemas.filters import FilterRules
+from schemas.parts import PartDecision, PartRules
 from schemas.render import RenderSpec
 from schemas.samples import Sample, sample_key
-from schemas.tables import SAMPLES_SCHEMA, to_table
+from schemas.tables import SAMPLES_SCHEMA, from_table, to_table
 from tests import factories
 
 SPEC = RenderSpec(n_views=2, n_frames=2, resolution=32, samples=2, motion_threshold=0.05)
@@ -115,3 +117,75 @@ def test_a_long_lived_worker_does_not_leak(worker: AssetWorker, tmp_path: Path) 
 def _rss_mib() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * 4096 / 2**20
+
+
+def test_part_decisions_are_stored_once_and_reused_by_every_render_configuration(tmp_path: Path) -> None:
+    store = DatasetStore(str(tmp_path / "kp20k"))
+    asset = generate_asset("arm", 3, tmp_path)  # two clips: wave and reach
+    grids = [SPEC, SPEC.model_copy(update={"n_views": 1, "n_frames": 1, "resolution": 16})]
+    results, reused = [], []
+    for spec in grids:
+        worker = AssetWorker(spec, FilterRules(), threads=2, log_path=tmp_path / "worker.log", lance_uri=store.uri)
+        try:
+            results.append(worker.process(asset))
+            reused.append(worker.n_parts_reused)
+        finally:
+            worker.close()
+        store.write_samples(results[-1].samples)
+    first, second = ({s.clip: s for s in result.samples} for result in results)
+    assert sorted(first) == sorted(second) == ["reach", "wave"]
+    assert reused == [0, 2]  # the second grid decided nothing
+    for clip in first:
+        assert second[clip].part_map == first[clip].part_map
+        assert second[clip].part_decision_id == first[clip].part_decision_id
+        assert second[clip].n_frames == 1 and first[clip].n_frames == 2
+    assert store.checkout(table="samples").count_rows() == 4
+    decisions = from_table(PartDecision, store.read("parts"))
+    assert sorted((d.clip, d.decision_id) for d in decisions) == sorted((c, s.part_decision_id) for c, s in first.items())
+    assert all(d.rules_hash == SPEC.part_rules_hash() and d.code_version == code_version() for d in decisions)
+
+
+def test_a_worker_renders_with_the_stored_decision_instead_of_deciding(tmp_path: Path) -> None:
+    """A decision planted in the store with its colours reversed is what the sample carries and is
+    drawn with; under other part rules the plant is not used and the clip is decided afresh."""
+    asset = generate_asset("biped", 1, tmp_path)
+    decided = DatasetStore(str(tmp_path / "decided"))
+    worker = AssetWorker(SPEC, FilterRules(), threads=2, log_path=tmp_path / "worker.log", lance_uri=decided.uri)
+    try:
+        (honest,) = worker.process(asset, clips=["walk"]).samples
+        decided.write_samples([honest])
+        (stored,) = decided.part_decisions(asset.sha256, SPEC.part_rules_hash(), code_version()).values()
+        planted = DatasetStore(str(tmp_path / "planted"))
+        reversed_map = stored.part_map.model_copy(update={"palette": stored.part_map.palette[::-1]})
+        planted.write_part_decisions([stored.model_copy(update={"part_map": reversed_map})])
+        worker.lance_uri = planted.uri
+        (sample,) = worker.process(asset, clips=["walk"]).samples
+    finally:
+        worker.close()
+    assert sample.part_map == reversed_map != honest.part_map
+    palette = np.asarray(reversed_map.palette, np.uint8)
+    ids = decode_part_image(unpack(sample.parts), palette, alpha=unpack(sample.alpha))
+    np.testing.assert_array_equal(ids, decode_part_image(unpack(honest.parts), np.asarray(honest.part_map.palette)))
+
+    other_rules = SPEC.model_copy(update={"parts": PartRules(max_parts=3)})
+    worker = AssetWorker(other_rules, FilterRules(), threads=2, log_path=tmp_path / "worker.log", lance_uri=planted.uri)
+    try:
+        (fresh,) = worker.process(asset, clips=["walk"]).samples
+    finally:
+        worker.close()
+    assert worker.n_parts_reused == 0
+    assert fresh.part_map.n_parts == 3 and fresh.part_decision_id != stored.decision_id
+
+
+def test_a_clip_of_one_frame_is_rejected_with_its_reason(worker: AssetWorker, tmp_path: Path) -> None:
+    asset = _ref(factories.single_frame_glb(tmp_path))
+    result = worker.process(asset)
+    assert [(r.stage, r.reason, r.clip) for r in result.rejections] == [("filter", RejectReason.no_animation, "swing")]
+    lenient = AssetWorker(SPEC, FilterRules(min_frames=1, min_motion=0.0), threads=2, log_path=tmp_path / "lenient.log")
+    try:
+        result = lenient.process(asset)
+    finally:
+        lenient.close()
+    assert not result.samples
+    assert [(r.stage, r.reason, r.clip) for r in result.rejections] == [("parts", RejectReason.clip_too_short, "swing")]
+    assert "single frame" in result.rejections[0].detail

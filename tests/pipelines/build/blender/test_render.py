@@ -13,10 +13,10 @@ from pipelines.build.blender import clips as clip_ops
 from pipelines.build.blender.cameras import project
 from pipelines.build.blender.errors import RenderError
 from pipelines.build.blender.render import RenderedGrid, elevation_for, render_flat_part_ids, render_grid
-from pipelines.build.blender.rig import extract_rig
+from pipelines.build.blender.rig import decide_clip_parts, grid_frames, scene_rig
 from pipelines.build.blender.session import BlenderSession
 from pipelines.build.colour import decode_part_image
-from pipelines.build.parts import build_part_map
+from pipelines.build.parts import vertex_parts
 from schemas.assets import RejectReason
 from schemas.render import RenderSpec
 
@@ -29,7 +29,7 @@ class Rendered:
 
     grid: RenderedGrid
     flat_ids: np.ndarray
-    frame_positions: list[np.ndarray]  # normalised vertices per sampled frame
+    frame_positions: list[np.ndarray]  # normalised vertices per rendered frame
     vertex_part: np.ndarray
 
 
@@ -39,10 +39,13 @@ def _render(session: BlenderSession, path: Path, clip: str, spec: RenderSpec, se
     flat = render_flat_part_ids(session, grid)
     chosen = clip_ops.find_clip(clip)
     clip_ops.play(chosen)
-    rig = extract_rig(chosen, spec.n_frames, spec.motion_threshold)  # the same rig, read again
-    assert rig.frames == grid.frame_times
-    _, vertex_part = build_part_map(rig.geometry, spec.parts, spec.colours)
-    return Rendered(grid, flat, rig.frame_positions, vertex_part)
+    rig = scene_rig(chosen)  # the same rig, read and decided again
+    assert decide_clip_parts(rig, chosen, spec.parts, spec.colours) == grid.part_map
+    frames = grid_frames(rig, chosen, spec.n_frames, spec.motion_threshold)
+    assert frames.frames == grid.frame_times
+    assert (frames.scale, frames.offset.tolist()) == (grid.normalisation_scale, grid.normalisation_offset)
+    vertex_part = vertex_parts(grid.part_map, rig.skeleton.names, rig.vertex_bone)
+    return Rendered(grid, flat, frames.positions, vertex_part)
 
 
 @pytest.fixture(scope="module")

@@ -240,9 +240,18 @@ def convert_vae(state: Mapping[str, torch.Tensor], target_keys: Iterable[str]) -
 
 
 def convert_checkpoint(
-    checkpoint: str | Path, out: str | Path, config_name: str | None = None, allow_partial: bool = False
+    checkpoint: str | Path,
+    out: str | Path,
+    config_name: str | None = None,
+    allow_partial: bool = False,
+    unet_config: dict | None = None,
+    encoder_config: dict | None = None,
 ) -> list[ConversionReport]:
-    """Convert ``checkpoint`` into ``out/{unet,vae,image_encoder}`` and ``out/conversion.json``."""
+    """Convert ``checkpoint`` into ``out/{unet,vae,image_encoder}`` and ``out/conversion.json``.
+
+    ``unet_config`` / ``encoder_config`` override the released sizes (tests convert tiny files).
+    With ``allow_partial``, tensors the file lacks keep their initial values.
+    """
     from safetensors import safe_open
 
     checkpoint, out = Path(checkpoint).expanduser(), Path(out).expanduser()
@@ -257,30 +266,42 @@ def convert_checkpoint(
     with safe_open(str(checkpoint), framework="pt") as handle:
         state = {key: handle.get_tensor(key) for key in handle.keys()}
 
-    with torch.device("meta"):
-        unet = MultiViewUNet(**CONFIGS[config_name]())
-        encoder = OpenCLIPImageEncoder(**OpenCLIPImageEncoder.vit_h_14_config())
-        vae = AutoencoderKL(**VAE_CONFIG)
-    parts = [
-        ("unet", unet, *convert_unet(state, unet.config, unet.state_dict())),
-        ("image_encoder", encoder, *convert_image_encoder(state, encoder.state_dict())),
-        ("vae", vae, *convert_vae(state, vae.state_dict())),
+    def build(device: str):
+        with torch.device(device):
+            return (
+                MultiViewUNet(**CONFIGS[config_name](**(unet_config or {}))),
+                OpenCLIPImageEncoder(**(encoder_config or OpenCLIPImageEncoder.vit_h_14_config())),
+                AutoencoderKL(**VAE_CONFIG),
+            )
+
+    unet, encoder, vae = build("meta")
+    reports = [
+        convert_unet(state, unet.config, unet.state_dict())[1],
+        convert_image_encoder(state, encoder.state_dict())[1],
+        convert_vae(state, vae.state_dict())[1],
     ]
-    reports = [report for *_, report in parts]
     accounted = set().union(*(set(r.mapped) | set(r.ignored) | set(r.unexpected) for r in reports))
-    stray = sorted(set(state) - accounted)
-    if stray:
-        reports[0].unexpected += stray
+    reports[0].unexpected += sorted(set(state) - accounted)
     out.mkdir(parents=True, exist_ok=True)
     (out / "conversion.json").write_text(json.dumps([asdict(r) for r in reports], indent=1))
     incomplete = [r.summary() for r in reports if not r.complete]
     if incomplete and not allow_partial:
         raise ModelInputError(
-            "bad_weights", f"partial conversion refused ({'; '.join(incomplete)}); details in {out / 'conversion.json'}. "
-            "Pass --allow-partial to save what maps."
+            "bad_weights",
+            f"partial conversion refused ({'; '.join(incomplete)}); details in {out / 'conversion.json'}. "
+            "Pass --allow-partial to keep initial values for what is missing.",
         )
-    for name, model, converted, _report in parts:
-        model.load_state_dict(converted, strict=False, assign=True)
+    # Complete: fill the meta-device models (no memory spent on initial values). Partial: real ones.
+    models = build("cpu") if incomplete else (unet, encoder, vae)
+    converters = (
+        lambda m: convert_unet(state, m.config, m.state_dict())[0],
+        lambda m: convert_image_encoder(state, m.state_dict())[0],
+        lambda m: convert_vae(state, m.state_dict())[0],
+    )
+    for name, model, convert in zip(("unet", "image_encoder", "vae"), models, converters):
+        target = model.state_dict()
+        converted = {k: v for k, v in convert(model).items() if k in target}
+        model.load_state_dict(converted, strict=False, assign=not incomplete)
         model.save_pretrained(out / name)
     return reports
 

@@ -160,17 +160,33 @@ class SpaceTimeTransformer(nn.Module):
             self.transformer_blocks, self.view_transformer_blocks, self.frame_transformer_blocks
         ):
             x = spatial(x, encoder_hidden_states=image_context)
-            if self.use_3d_attention:  # released quirk: sequences of V neighbouring pixels (module docstring)
-                x = x.reshape(b, t, v, hw, c).permute(0, 2, 3, 1, 4).reshape(-1, t, c)
-            else:
-                x = x.reshape(b, t, v, hw, c).permute(0, 2, 1, 3, 4).reshape(b * v, -1, c)
+            x = view_layout(x, b, t, v, self.use_3d_attention)
             x = self.view_mixer(x, view_block(x + view_pos, num_frames=v, encoder_hidden_states=view_context))
-            if self.use_3d_attention:
-                x = x.reshape(b, v, hw, t, c).permute(0, 3, 1, 2, 4).reshape(b * t, -1, c)
-            else:
-                x = x.reshape(b, v, t, hw, c).permute(0, 2, 1, 3, 4).reshape(b * t, -1, c)
+            x = frame_layout(x, b, t, v, self.use_3d_attention)
             x = self.frame_mixer(x, frame_block(x + frame_pos, num_frames=t, encoder_hidden_states=frame_context))
             x = x.reshape(n, hw, c)
 
         x = self.proj_out(x)
         return x.reshape(n, h, w, c).permute(0, 3, 1, 2) + residual
+
+
+def view_layout(x: torch.Tensor, b: int, t: int, v: int, use_3d_attention: bool) -> torch.Tensor:
+    """Image tokens ``[b*t*v, hw, c]`` -> the view attention's input, which its block splits as
+    ``(batch, V)`` on the first axis. Correct (``use_3d_attention=False``): ``[b*v, t*hw, c]``, one
+    sequence per (frame, pixel) over the views. Released 3D layout: ``[b*v*hw, t, c]``, whose split
+    groups ``V`` consecutive rows, i.e. neighbouring pixels of one view (module docstring)."""
+    _, hw, c = x.shape
+    if use_3d_attention:
+        return x.reshape(b, t, v, hw, c).permute(0, 2, 3, 1, 4).reshape(-1, t, c)
+    return x.reshape(b, t, v, hw, c).permute(0, 2, 1, 3, 4).reshape(b * v, -1, c)
+
+
+def frame_layout(x: torch.Tensor, b: int, t: int, v: int, use_3d_attention: bool) -> torch.Tensor:
+    """The view attention's output -> the frame attention's input ``[b*t, v*hw, c]`` (one sequence
+    per (view, pixel) over the frames, in both layouts)."""
+    c = x.shape[-1]
+    if use_3d_attention:
+        hw = x.shape[0] // (b * v)
+        return x.reshape(b, v, hw, t, c).permute(0, 3, 1, 2, 4).reshape(b * t, -1, c)
+    hw = x.shape[1] // t
+    return x.reshape(b, v, t, hw, c).permute(0, 2, 1, 3, 4).reshape(b * t, -1, c)

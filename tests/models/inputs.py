@@ -73,3 +73,15 @@ def random_inputs(batch: int = 1, views: int = 2, frames: int = 3, size: int = 8
         "elevation": torch.full((batch, views), 10.0),
         "azimuth": torch.linspace(0, 270, views).expand(batch, views).clone(),
     }
+
+
+def trained_like(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Give the layers the reference zero-initialises (output convolutions, residual and attention
+    output projections, BiDiFuse's last layers) small random values, as a trained checkpoint has:
+    otherwise the network's output is identically zero and says nothing about its wiring."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=g) * scale)
+    return model

@@ -184,6 +184,11 @@ def test_rgb_branch_alone_trains_first():
     losses = training_step(unet, latent_batch(), generator=torch.Generator().manual_seed(0))
     assert set(losses) == {"loss", "rgb"}
     losses["loss"].backward()
+    # conv_out starts at zero (as the reference's): only it learns at the first step, then all layers.
+    assert unet.conv_out.weight.grad.abs().sum() > 0 and unet.conv_in.weight.grad.abs().sum() == 0
+    torch.optim.SGD(unet.parameters(), lr=0.1).step()
+    unet.zero_grad()
+    training_step(unet, latent_batch(), generator=torch.Generator().manual_seed(1))["loss"].backward()
     assert unet.conv_in.weight.grad.abs().sum() > 0
 
 

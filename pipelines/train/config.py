@@ -63,6 +63,12 @@ class TrainConfig(BaseModel):
     lr_schedule: LrSchedule = "constant_with_warmup"
     warmup_steps: int = Field(10, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(
+        0.9999, ge=0, lt=1, description="EMA of the weights, saved beside each checkpoint as sp4d_ema/; None: no EMA"
+    )
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in the backward pass; None: on for a configured (real-size) branch"
+    )
     mixed_precision: MixedPrecision = Field("auto", description="auto: bf16 on GPUs that have it, fp16 on other GPUs, none on CPU")
     seed: int = Field(0, ge=0)
     # bookkeeping

@@ -36,6 +36,11 @@ class TrainConfig(BaseModel):
         description="MultiViewUNet configuration of each branch; None: the tiny configuration sized for the codec "
         "(pipelines.train.loop.branch_config)",
     )
+    rgb_init: str | None = Field(
+        None,
+        description="a converted SV4D 2.0 folder (python -m models.convert ... --out <folder>, or its unet/): both branches "
+        "start from its network and branch_config is taken from it; None: random initialisation",
+    )
     vae_path: str | None = Field(
         None, description="a local diffusers VAE folder (or pipeline folder with vae/); None: pixel space (identity codec)"
     )

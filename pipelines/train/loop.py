@@ -41,6 +41,7 @@ from models.losses import DiffusionObjective, training_step
 from models.sp4d import SP4DModel
 from models.unet import MultiViewUNet
 from models.vae import LatentCodec, VAECodec, encode_grid, unscaled
+from models.weights import load_rgb_branch
 from pipelines.build.dataset import KinematicPartsDataset, data_loader
 from pipelines.train.checkpoints import (
     Checkpoint,
@@ -105,6 +106,14 @@ def model_inputs(batch: dict[str, Any], codec: LatentCodec, context_dim: int) ->
         "azimuth": relative_degrees(cameras["azimuth"]),
         "part_masks": batch["part_ids"],
     }
+
+
+def initial_model(config: TrainConfig, codec: LatentCodec) -> SP4DModel:
+    """SP4D from the converted SV4D 2.0 network (``rgb_init``: both branches copies of it, BiDiFuse at
+    zero), else randomly initialised branches of :func:`branch_config`."""
+    if config.rgb_init is not None:
+        return SP4DModel.from_rgb_branch(load_rgb_branch(config.rgb_init))
+    return SP4DModel(branch_config=branch_config(config, codec))
 
 
 def branch_config(config: TrainConfig, codec: LatentCodec) -> dict[str, Any]:
@@ -310,13 +319,13 @@ class _Run:
             self.codec.vae.to(self.accelerator.device)
         if codec_id(self.codec) != pin.vae_id:
             raise RunError("codec_mismatch", f"the run's latents come from {pin.vae_id}, {config.vae_path} is {codec_id(self.codec)}")
-        self.branch = branch_config(config, self.codec)
         self.dataset = training_dataset(pin, config)
         self.sampler = EpochSampler(len(self.dataset), config.seed)
         loader = data_loader(self.dataset, config.batch_size, config.num_workers, sampler=self.sampler)
-        sp4d = SP4DModel(branch_config=self.branch)
+        sp4d = initial_model(config, self.codec)
+        self.branch = dict(sp4d.rgb_branch.config)
         checkpointing = config.gradient_checkpointing
-        if checkpointing or (checkpointing is None and config.branch_config is not None):
+        if checkpointing or (checkpointing is None and (config.branch_config or config.rgb_init) is not None):
             sp4d.enable_gradient_checkpointing()
         module = DiffusionTrainer(sp4d, config.objective)
         optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -195,3 +195,22 @@ def test_one_trainer_per_run_folder(tmp_path):
     assert error.value.reason == "run_locked"
     with RunLock(tmp_path):  # released on exit
         pass
+
+
+def test_a_run_starts_both_branches_from_the_converted_network(tmp_path, lance):
+    """rgb_init: the folder models.convert writes (here a tiny network saved the same way)."""
+    from models.unet import MultiViewUNet
+    from tests.models.inputs import trained_like
+
+    torch.manual_seed(0)
+    rgb = trained_like(MultiViewUNet(**MultiViewUNet.tiny_config(in_channels=6, out_channels=3, reference_channels=3)))
+    rgb.save_pretrained(tmp_path / "converted" / "unet")
+    report = start(tmp_path / "run", lance, rgb_init=str(tmp_path / "converted"), max_steps=1, learning_rate=1e-12,
+                   warmup_steps=0, ema_decay=None)
+    assert report.final_step == 1
+    trained = weights(tmp_path / "run" / "checkpoints" / "step-00000001")
+    expected = rgb.state_dict()
+    for prefix in ("rgb_branch.", "part_branch."):
+        ours = branch(trained, prefix)
+        assert ours.keys() == expected.keys()
+        assert all(torch.allclose(ours[k], expected[k], atol=1e-6) for k in expected)

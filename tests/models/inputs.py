@@ -59,7 +59,7 @@ def pixel_batch(n_views: int = 2, n_frames: int = 2, size: int = 16, n_parts: in
 
 def pixel_unet_config(**overrides) -> dict:
     """The tiny configuration for 3-channel pixel-space "latents"."""
-    return MultiViewUNet.tiny_config(in_channels=6, out_channels=3, **overrides)
+    return MultiViewUNet.tiny_config(in_channels=6, out_channels=3, reference_channels=3, **overrides)
 
 
 def random_inputs(batch: int = 1, views: int = 2, frames: int = 3, size: int = 8, seed: int = 0) -> dict:

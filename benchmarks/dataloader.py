@@ -115,7 +115,7 @@ def tiny_model_step(threads: int | None = None) -> TrainStep:
 
     if threads:
         torch.set_num_threads(threads)
-    config = MultiViewUNet.tiny_config(in_channels=2 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS)
+    config = MultiViewUNet.tiny_config(in_channels=2 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS, reference_channels=LATENT_CHANNELS)
     trainer = DiffusionTrainer(SP4DModel(branch_config=config), DiffusionObjective())
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=1e-4)
     steps = iter(range(1 << 62))
@@ -125,7 +125,7 @@ def tiny_model_step(threads: int | None = None) -> TrainStep:
         size = images.shape[-1] // LATENT_DOWNSCALE
         latents = torch.randn(*images.shape[:3], LATENT_CHANNELS, size, size)
         masks = F.interpolate(batch["part_ids"].flatten(0, 2)[:, None].float(), size=(size, size), mode="nearest")
-        inputs = model_inputs({**batch, "rgb_latents": latents, "part_latents": latents.clone()}, None, config["cross_attention_dim"])
+        inputs = model_inputs({**batch, "rgb_latents": latents, "part_latents": latents.clone()}, None, config["context_dim"])
         inputs["part_masks"] = masks[:, 0].long().reshape(*images.shape[:3], size, size)
         losses = trainer(inputs, rgb_only=False, generator=noise_generator(0, next(steps), 0, torch.device("cpu")))
         losses["loss"].backward()

@@ -36,6 +36,20 @@ class DiffusionObjective(BaseModel):
     sigma_data: float = Field(1.0, gt=0, description="data standard deviation in EDM's preconditioning (SVD: 1)")
     p_mean: float = Field(0.7, description="mean of ln(sigma) during training")
     p_std: float = Field(1.6, gt=0, description="standard deviation of ln(sigma) during training")
+    conditioning_dropout: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="probability per sample of training unconditionally (image embeddings, input-video latents and "
+        "reference views all zero: the 'uncond' input of classifier-free guidance at sampling)",
+    )
+    reference_mask_probability: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="probability per sample of masking the reference views (SV4D 2.0's random masking: the model "
+        "learns to generate without them, as it must for the first clip)",
+    )
     rgb_weight: float = Field(1.0, ge=0)
     part_weight: float = Field(1.0, ge=0)
     # The SP4D paper does not give these three: they are guesses to tune.
@@ -85,8 +99,10 @@ def training_step(
 
     ``batch`` holds ``rgb_latents`` and (for :class:`SP4DModel`) ``part_latents``, both
     ``[B, V, F, C, h, w]``; ``cond_latents`` ``[B, F, C, h, w]`` or ``[B, V, F, C, h, w]``;
-    ``image_embeddings`` ``[B, S, D]``; ``elevation``, ``azimuth`` in degrees, ``[B, V]`` or
-    ``[B, V, F]``; optionally ``part_masks`` ``[B, V, F, H, W]`` integer part ids (-1 background), at
+    ``image_embeddings`` ``[B, F, D]`` (or ``[B, 1, D]``); ``elevation``, ``azimuth`` in degrees
+    relative to the input view, ``[B, V]`` or ``[B, V, F]``; optionally ``reference_latents`` (and
+    ``part_reference_latents``) ``[B, V, C, h, w]``, the first frame of each target view, unscaled;
+    optionally ``part_masks`` ``[B, V, F, H, W]`` integer part ids (-1 background), at
     any resolution, for the contrastive loss. A bare :class:`MultiViewUNet` trains the RGB branch alone
     (SP4D's first stage). Returns ``loss`` (to backpropagate) and detached ``rgb``, ``part``,
     ``contrastive`` terms.
@@ -100,10 +116,17 @@ def training_step(
     sigma = log_sigma.exp().to(rgb.dtype)
     s = sigma.reshape(batch_size, 1, 1, 1, 1, 1)
     noisy_rgb = rgb + s * torch.randn(rgb.shape, generator=generator, device=rgb.device, dtype=rgb.dtype)
-    conditioning = (batch["cond_latents"], batch["image_embeddings"], batch["elevation"], batch["azimuth"])
+    keep = _keep(batch_size, objective.conditioning_dropout, generator, rgb.device)
+    show_reference = keep * _keep(batch_size, objective.reference_mask_probability, generator, rgb.device)
+    cond_latents, embeddings = _times(batch["cond_latents"], keep), _times(batch["image_embeddings"], keep)
+    references = {
+        name: _times(batch[key], show_reference) if batch.get(key) is not None else None
+        for name, key in (("reference_latents", "reference_latents"), ("part_reference_latents", "part_reference_latents"))
+    }
+    conditioning = (cond_latents, embeddings, batch["elevation"], batch["azimuth"])
 
     if not two_branches:
-        out = model(edm.c_in(s) * noisy_rgb, edm.c_noise(sigma), *conditioning).sample
+        out = model(edm.c_in(s) * noisy_rgb, edm.c_noise(sigma), *conditioning, references["reference_latents"]).sample
         rgb_loss = F.mse_loss(out.float(), edm.target(rgb, noisy_rgb, s).float())
         return {"loss": objective.rgb_weight * rgb_loss, "rgb": rgb_loss.detach()}
 
@@ -112,7 +135,9 @@ def training_step(
     masks = batch.get("part_masks")
     use_contrastive = masks is not None and objective.contrastive_weight > 0
     layer = (objective.contrastive_layer or model.layer_names[-1]) if use_contrastive else None
-    out = model(edm.c_in(s) * noisy_rgb, edm.c_in(s) * noisy_part, edm.c_noise(sigma), *conditioning, feature_layer=layer)
+    out = model(
+        edm.c_in(s) * noisy_rgb, edm.c_in(s) * noisy_part, edm.c_noise(sigma), *conditioning, feature_layer=layer, **references
+    )
     rgb_loss = F.mse_loss(out.rgb.float(), edm.target(rgb, noisy_rgb, s).float())
     part_loss = F.mse_loss(out.part.float(), edm.target(part, noisy_part, s).float())
     total = objective.rgb_weight * rgb_loss + objective.part_weight * part_loss
@@ -123,6 +148,18 @@ def training_step(
         )
         total = total + objective.contrastive_weight * contrastive
     return {"loss": total, "rgb": rgb_loss.detach(), "part": part_loss.detach(), "contrastive": contrastive.detach()}
+
+
+def _keep(batch_size: int, drop_probability: float, generator: torch.Generator | None, device) -> torch.Tensor:
+    """1 where a sample keeps its conditioning, 0 where it is dropped (a Bernoulli draw per sample,
+    as the reference's conditioner drops embeddings with its ``ucg_rate``)."""
+    if drop_probability <= 0:
+        return torch.ones(batch_size, device=device)
+    return (torch.rand(batch_size, generator=generator, device=device) >= drop_probability).float()
+
+
+def _times(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return tensor * keep.reshape(-1, *[1] * (tensor.ndim - 1)).to(tensor.dtype)
 
 
 def part_contrastive_loss(

@@ -84,25 +84,29 @@ class SP4DModel(AlignedLoadingMixin, ModelMixin, ConfigMixin):
         encoder_hidden_states: torch.Tensor,
         elevation: torch.Tensor,
         azimuth: torch.Tensor,
+        reference_latents: torch.Tensor | None = None,
         feature_layer: str | None = None,
+        part_reference_latents: torch.Tensor | None = None,
     ) -> SP4DOutput:
         """Denoiser outputs of both branches (same layout as :meth:`MultiViewUNet.forward`).
 
         ``feature_layer`` (a name from :attr:`layer_names`) also returns the part branch's fused
-        features at that layer, for the contrastive part loss.
+        features at that layer, for the contrastive part loss. ``reference_latents`` are the RGB
+        reference views (SV4D 2.0's ``cond_view``); the part branch takes ``part_reference_latents``
+        (the part videos' reference views) when given, else none (masked).
         """
         if feature_layer is not None and feature_layer not in self.layer_names:
             raise ModelInputError("bad_config", f"unknown feature layer {feature_layer!r}; choose from {self.layer_names}")
         conditioning = (timestep, cond_latents, encoder_hidden_states, elevation, azimuth)
-        rgb_stream = self.rgb_branch.iter_layers(rgb_sample, *conditioning)
-        part_stream = self.part_branch.iter_layers(part_sample, *conditioning)
+        rgb_stream = self.rgb_branch.iter_layers(rgb_sample, *conditioning, reference_latents)
+        part_stream = self.part_branch.iter_layers(part_sample, *conditioning, part_reference_latents)
         features = None
         (_, h_rgb), (_, h_part) = next(rgb_stream), next(part_stream)
         last = len(self.bidifuse) - 1
         for i, (name, fuse) in enumerate(zip(self.layer_names, self.bidifuse)):
             h_rgb, h_part = fuse(h_rgb, h_part)
             if name == feature_layer:
-                features = h_part.reshape(*part_sample.shape[:3], *h_part.shape[1:])
+                features = MultiViewUNet.to_grid(h_part, part_sample.shape[:3])
             if i < last:
                 (_, h_rgb), (_, h_part) = rgb_stream.send(h_rgb), part_stream.send(h_part)
         return SP4DOutput(rgb=_finish(rgb_stream, h_rgb), part=_finish(part_stream, h_part), part_features=features)

@@ -91,3 +91,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3], rounded to the nearest level."""
     scaled = ((images.float().clamp(-1, 1) + 1.0) * 127.5).round()
     return scaled.movedim(-3, -1).to(torch.uint8).cpu().numpy()
+
+
+def unscaled(codec: LatentCodec, latents: torch.Tensor) -> torch.Tensor:
+    """Latents without the VAE's ``scaling_factor``: SV4D 2.0 conditions on raw VAE latents (its
+    conditioner's encoders run with scale 1) while it denoises scaled ones."""
+    return latents / getattr(codec, "scaling_factor", 1.0)

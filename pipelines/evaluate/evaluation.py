@@ -40,7 +40,7 @@ from pipelines.evaluate.learned_metrics import (
 )
 from pipelines.train.checkpoints import Checkpoint, CheckpointRecord, DatasetPin
 from pipelines.train.latents import load_codec
-from pipelines.train.loop import MODEL_FOLDER, zero_context
+from pipelines.train.loop import MODEL_FOLDER, relative_degrees, zero_context
 from pipelines.version import code_version
 from schemas.assets import utcnow
 
@@ -116,12 +116,12 @@ def generate(model: SP4DModel, codec: LatentCodec, batch: dict[str, Any], steps:
     device = model.device
     video = to_uint8(batch["rgb"][:, 0])  # [B, F, H, W, 3]
     cameras = batch["cameras"]
-    context = zero_context(len(video), model.config.branch_config["cross_attention_dim"], device)
+    context = zero_context(len(video), model.config.branch_config["context_dim"], device)
     generator = torch.Generator(device=device).manual_seed(seed)
     return SP4DPipeline(model, codec)(
         video,
-        torch.rad2deg(cameras["elevation"]),
-        torch.rad2deg(cameras["azimuth"]),
+        relative_degrees(cameras["elevation"]),
+        relative_degrees(cameras["azimuth"]),
         context,
         num_inference_steps=steps,
         generator=generator,

@@ -36,6 +36,11 @@ class TrainConfig(BaseModel):
         description="MultiViewUNet configuration of each branch; None: the tiny configuration sized for the codec "
         "(pipelines.train.loop.branch_config)",
     )
+    rgb_init: str | None = Field(
+        None,
+        description="a converted SV4D 2.0 folder (python -m models.convert ... --out <folder>, or its unet/): both branches "
+        "start from its network and branch_config is taken from it; None: random initialisation",
+    )
     vae_path: str | None = Field(
         None, description="a local diffusers VAE folder (or pipeline folder with vae/); None: pixel space (identity codec)"
     )
@@ -63,6 +68,12 @@ class TrainConfig(BaseModel):
     lr_schedule: LrSchedule = "constant_with_warmup"
     warmup_steps: int = Field(10, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(
+        0.9999, ge=0, lt=1, description="EMA of the weights, saved beside each checkpoint as sp4d_ema/; None: no EMA"
+    )
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in the backward pass; None: on for a configured (real-size) branch"
+    )
     mixed_precision: MixedPrecision = Field("auto", description="auto: bf16 on GPUs that have it, fp16 on other GPUs, none on CPU")
     seed: int = Field(0, ge=0)
     # bookkeeping

@@ -40,7 +40,8 @@ from torch.utils.data import Sampler
 from models.losses import DiffusionObjective, training_step
 from models.sp4d import SP4DModel
 from models.unet import MultiViewUNet
-from models.vae import LatentCodec, VAECodec, encode_grid
+from models.vae import LatentCodec, VAECodec, encode_grid, unscaled
+from models.weights import load_rgb_branch
 from pipelines.build.dataset import KinematicPartsDataset, data_loader
 from pipelines.files import append_line, complete_lines
 from pipelines.train.checkpoints import (
@@ -57,10 +58,12 @@ from pipelines.train.checkpoints import (
     staging_path,
 )
 from pipelines.train.config import TrainConfig
+from pipelines.train.ema import EMAWeights
 from pipelines.train.latents import LatentDataset, LatentReader, codec_id, load_codec
 from pipelines.version import code_version
 
 MODEL_FOLDER = "sp4d"  # inside a checkpoint: SP4DModel.from_pretrained(<checkpoint>/sp4d)
+EMA_FOLDER = "sp4d_ema"  # the EMA weights, loadable the same way
 METRICS = "metrics.jsonl"
 TRACKER_PROJECT = "train-sp4d"
 
@@ -69,16 +72,24 @@ TRACKER_PROJECT = "train-sp4d"
 
 
 def zero_context(batch_size: int, dim: int, device: torch.device | str) -> torch.Tensor:
-    """The cross-attention context: one zero token. No CLIP image encoder is wired in yet; the input
-    video reaches the model through its latents (``cond_latents``)."""
+    """The cross-attention context when no image encoder is configured: one zero token (the
+    unconditional embedding of classifier-free guidance)."""
     return torch.zeros(batch_size, 1, dim, device=device)
+
+
+def relative_degrees(angles: torch.Tensor) -> torch.Tensor:
+    """Dataset camera angles (radians, [B, V] or [B, V, F]) -> degrees relative to view 0, the input view."""
+    degrees = torch.rad2deg(angles)
+    return degrees - degrees[:, :1]
 
 
 def model_inputs(batch: dict[str, Any], codec: LatentCodec, context_dim: int) -> dict[str, torch.Tensor]:
     """A dataset batch -> the inputs of :func:`models.losses.training_step`.
 
     Latents come from the batch when precomputed, else from the codec. View 0 is the input video
-    (``cond_latents``); cameras go from radians (dataset) to degrees (model).
+    (``cond_latents``); each view's first frame is its reference view (SV4D 2.0's ``cond_view``;
+    ``training_step`` masks it at random); both unscaled, as SV4D 2.0 conditions. Cameras go from
+    radians (dataset) to degrees relative to the input view (model).
     """
     if "rgb_latents" in batch:
         rgb, parts = batch["rgb_latents"], batch["part_latents"]
@@ -88,12 +99,22 @@ def model_inputs(batch: dict[str, Any], codec: LatentCodec, context_dim: int) ->
     return {
         "rgb_latents": rgb,
         "part_latents": parts,
-        "cond_latents": rgb[:, 0],
+        "cond_latents": unscaled(codec, rgb[:, 0]),
+        "reference_latents": unscaled(codec, rgb[:, :, 0]),
+        "part_reference_latents": unscaled(codec, parts[:, :, 0]),
         "image_embeddings": zero_context(rgb.shape[0], context_dim, rgb.device),
-        "elevation": torch.rad2deg(cameras["elevation"]),
-        "azimuth": torch.rad2deg(cameras["azimuth"]),
+        "elevation": relative_degrees(cameras["elevation"]),
+        "azimuth": relative_degrees(cameras["azimuth"]),
         "part_masks": batch["part_ids"],
     }
+
+
+def initial_model(config: TrainConfig, codec: LatentCodec) -> SP4DModel:
+    """SP4D from the converted SV4D 2.0 network (``rgb_init``: both branches copies of it, BiDiFuse at
+    zero), else randomly initialised branches of :func:`branch_config`."""
+    if config.rgb_init is not None:
+        return SP4DModel.from_rgb_branch(load_rgb_branch(config.rgb_init))
+    return SP4DModel(branch_config=branch_config(config, codec))
 
 
 def branch_config(config: TrainConfig, codec: LatentCodec) -> dict[str, Any]:
@@ -107,11 +128,11 @@ def branch_config(config: TrainConfig, codec: LatentCodec) -> dict[str, Any]:
         return MultiViewUNet.tiny_config(
             in_channels=2 * channels,
             out_channels=channels,
-            block_out_channels=(16, 32, 32),
-            attention_levels=(False, False, True),
-            num_attention_heads=(2, 4, 4),
+            reference_channels=channels,
+            channel_mult=(1, 1, 1),
+            attention_resolutions=(4,),
         )
-    return MultiViewUNet.tiny_config(in_channels=2 * channels, out_channels=channels)
+    return MultiViewUNet.tiny_config(in_channels=2 * channels, out_channels=channels, reference_channels=channels)
 
 
 def image_dataset(pin: DatasetPin, config: TrainConfig, split: str | None) -> KinematicPartsDataset:
@@ -171,9 +192,11 @@ class DiffusionTrainer(nn.Module):
         return training_step(network, batch, self.objective, generator)
 
 
-def start_part_branch(model: SP4DModel) -> None:
-    """Phase 2 begins: the part branch becomes a copy of the trained RGB branch."""
+def start_part_branch(model: SP4DModel, ema: EMAWeights | None = None) -> None:
+    """Phase 2 begins: the part branch becomes a copy of the trained RGB branch (its average too)."""
     model.part_branch.load_state_dict(model.rgb_branch.state_dict())
+    if ema is not None:
+        ema.reset(model, "part_branch.")
 
 
 @dataclass
@@ -297,17 +320,22 @@ class _Run:
             self.codec.vae.to(self.accelerator.device)
         if codec_id(self.codec) != pin.vae_id:
             raise RunError("codec_mismatch", f"the run's latents come from {pin.vae_id}, {config.vae_path} is {codec_id(self.codec)}")
-        self.branch = branch_config(config, self.codec)
         self.dataset = training_dataset(pin, config)
         self.sampler = EpochSampler(len(self.dataset), config.seed)
         loader = data_loader(self.dataset, config.batch_size, config.num_workers, sampler=self.sampler)
-        module = DiffusionTrainer(SP4DModel(branch_config=self.branch), config.objective)
+        sp4d = initial_model(config, self.codec)
+        self.branch = dict(sp4d.rgb_branch.config)
+        checkpointing = config.gradient_checkpointing
+        if checkpointing or (checkpointing is None and (config.branch_config or config.rgb_init) is not None):
+            sp4d.enable_gradient_checkpointing()
+        module = DiffusionTrainer(sp4d, config.objective)
         optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         scheduler = get_scheduler(
             config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps
         )
         self.progress = Progress()
         self.module, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(module, optimizer, loader, scheduler)
+        self.ema = EMAWeights(self.sp4d(), config.ema_decay) if config.ema_decay is not None else None
         self.accelerator.register_for_checkpointing(self.progress)
         self.accelerator.register_save_state_pre_hook(self._save_model)
         self.accelerator.register_load_state_pre_hook(self._load_model)
@@ -316,11 +344,17 @@ class _Run:
     def _save_model(self, models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
         if self.accelerator.is_main_process:
             self.accelerator.unwrap_model(models[0]).model.save_pretrained(Path(output_dir) / MODEL_FOLDER)
+            if self.ema is not None:
+                self.ema.save(Path(output_dir) / EMA_FOLDER, Path(output_dir) / MODEL_FOLDER)
         weights.pop()
 
     def _load_model(self, models: list[nn.Module], input_dir: str) -> None:
         loaded = SP4DModel.from_pretrained(Path(input_dir) / MODEL_FOLDER)
         self.accelerator.unwrap_model(models.pop()).model.load_state_dict(loaded.state_dict())
+        if self.ema is not None:
+            if not (Path(input_dir) / EMA_FOLDER).is_dir():
+                raise RunError("ema_missing", f"{input_dir} has no {EMA_FOLDER}/ but this run keeps an EMA (ema_decay)")
+            self.ema.load(Path(input_dir) / EMA_FOLDER)
 
     def sp4d(self) -> SP4DModel:
         return self.accelerator.unwrap_model(self.module).model
@@ -358,7 +392,7 @@ class _Run:
         accelerator, config, progress = self.accelerator, self.config, self.progress
         per_epoch = len(self.loader)
         meter, last = _LossMeter(), {}
-        context_dim = self.branch["cross_attention_dim"]
+        context_dim = self.branch["context_dim"]
         while progress.step < config.max_steps:
             epoch, offset = divmod(progress.micro_batches, per_epoch)
             self.sampler.set_epoch(epoch)
@@ -367,7 +401,7 @@ class _Run:
             batches = accelerator.skip_first_batches(self.loader, offset) if offset else self.loader
             for batch in batches:
                 if progress.step >= config.rgb_steps and not progress.part_branch_started:
-                    start_part_branch(self.sp4d())
+                    start_part_branch(self.sp4d(), self.ema)
                     progress.part_branch_started = True
                 generator = noise_generator(config.seed, progress.micro_batches, accelerator.process_index, accelerator.device)
                 with accelerator.accumulate(self.module):
@@ -382,6 +416,8 @@ class _Run:
                 meter.add(losses)
                 if not accelerator.sync_gradients:
                     continue
+                if self.ema is not None:
+                    self.ema.update(self.sp4d())
                 progress.step += 1
                 last = self._reduce(meter.pop())
                 if progress.step % config.log_every == 0 or progress.step == config.max_steps:

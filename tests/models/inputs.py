@@ -59,7 +59,7 @@ def pixel_batch(n_views: int = 2, n_frames: int = 2, size: int = 16, n_parts: in
 
 def pixel_unet_config(**overrides) -> dict:
     """The tiny configuration for 3-channel pixel-space "latents"."""
-    return MultiViewUNet.tiny_config(in_channels=6, out_channels=3, **overrides)
+    return MultiViewUNet.tiny_config(in_channels=6, out_channels=3, reference_channels=3, **overrides)
 
 
 def random_inputs(batch: int = 1, views: int = 2, frames: int = 3, size: int = 8, seed: int = 0) -> dict:
@@ -73,3 +73,15 @@ def random_inputs(batch: int = 1, views: int = 2, frames: int = 3, size: int = 8
         "elevation": torch.full((batch, views), 10.0),
         "azimuth": torch.linspace(0, 270, views).expand(batch, views).clone(),
     }
+
+
+def trained_like(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Give the layers the reference zero-initialises (output convolutions, residual and attention
+    output projections, BiDiFuse's last layers) small random values, as a trained checkpoint has:
+    otherwise the network's output is identically zero and says nothing about its wiring."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=g) * scale)
+    return model

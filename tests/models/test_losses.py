@@ -184,6 +184,11 @@ def test_rgb_branch_alone_trains_first():
     losses = training_step(unet, latent_batch(), generator=torch.Generator().manual_seed(0))
     assert set(losses) == {"loss", "rgb"}
     losses["loss"].backward()
+    # conv_out starts at zero (as the reference's): only it learns at the first step, then all layers.
+    assert unet.conv_out.weight.grad.abs().sum() > 0 and unet.conv_in.weight.grad.abs().sum() == 0
+    torch.optim.SGD(unet.parameters(), lr=0.1).step()
+    unet.zero_grad()
+    training_step(unet, latent_batch(), generator=torch.Generator().manual_seed(1))["loss"].backward()
     assert unet.conv_in.weight.grad.abs().sum() > 0
 
 
@@ -198,3 +203,28 @@ def test_bad_batches_raise_reason_codes():
     with pytest.raises(ModelInputError) as shape:
         training_step(tiny_sp4d(), batch)
     assert shape.value.reason == "bad_shape"
+
+
+def test_conditioning_dropout_trains_the_unconditional_model():
+    """Dropped samples see exactly the unconditional input of classifier-free guidance: zero image
+    embeddings, input-video latents and reference views."""
+    from tests.models.inputs import trained_like
+
+    torch.manual_seed(0)
+    unet = trained_like(MultiViewUNet(**MultiViewUNet.tiny_config())).eval()
+    batch = latent_batch(with_masks=False) | {"reference_latents": torch.randn(2, 2, 4, 8, 8)}
+    unconditional = batch | {k: torch.zeros_like(batch[k]) for k in ("cond_latents", "image_embeddings", "reference_latents")}
+
+    def loss(b, **objective):
+        with torch.no_grad():
+            return training_step(unet, b, DiffusionObjective(**objective), torch.Generator().manual_seed(3))["rgb"]
+
+    always = dict(conditioning_dropout=1.0, reference_mask_probability=0.0)
+    never = dict(conditioning_dropout=0.0, reference_mask_probability=0.0)
+    assert torch.equal(loss(batch, **always), loss(unconditional, **always))
+    assert torch.equal(loss(unconditional, **never), loss(unconditional, **always))
+    assert not torch.equal(loss(batch, **never), loss(batch, **always))
+    # Masking only the reference views leaves the rest of the conditioning.
+    masked_refs = batch | {"reference_latents": torch.zeros(2, 2, 4, 8, 8)}
+    refs_off = dict(conditioning_dropout=0.0, reference_mask_probability=1.0)
+    assert torch.equal(loss(batch, **refs_off), loss(masked_refs, **never))

@@ -39,7 +39,7 @@ def test_overfitting_a_tiny_batch_recovers_its_parts():
     torch.manual_seed(0)
     batch = pixel_batch()
     # Attention at the 8x8 level only: the cheapest model that still mixes views and frames.
-    model = SP4DModel(branch_config=pixel_unet_config(attention_levels=(False, True)))
+    model = SP4DModel(branch_config=pixel_unet_config(attention_resolutions=(2,)))
     before = fixed_noise_losses(model, batch)
     _, untrained_part_accuracy = part_accuracy(model, batch)
 

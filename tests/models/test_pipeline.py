@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
 
 from models.errors import ModelInputError
-from models.pipeline import SP4DPipeline, edm_scheduler
+from models.pipeline import SP4DPipeline, guidance_scales, karras_sigmas
 from models.sp4d import SP4DModel
 from models.unet import MultiViewUNet
 from models.vae import (
@@ -19,7 +19,7 @@ from models.vae import (
     to_model_range,
     to_uint8,
 )
-from tests.models.inputs import block_palette, block_part_ids, block_videos
+from tests.models.inputs import block_palette, block_part_ids, block_videos, trained_like
 
 
 def tiny_vae_codec() -> VAECodec:
@@ -60,8 +60,8 @@ def test_pipeline_generates_rgb_and_part_videos_through_a_vae():
 
 def test_pixel_space_pipeline_checks_its_inputs():
     torch.manual_seed(1)
-    model = SP4DModel(branch_config=MultiViewUNet.tiny_config(in_channels=6, out_channels=3)).eval()
-    pipe = SP4DPipeline(model, PixelCodec(), edm_scheduler(sigma_max=80.0))
+    model = SP4DModel(branch_config=MultiViewUNet.tiny_config(in_channels=6, out_channels=3, reference_channels=3)).eval()
+    pipe = SP4DPipeline(model, PixelCodec(), sigma_max=80.0)
     video, elevation, azimuth, _ = video_and_cameras()
     out = pipe(video, elevation, azimuth, torch.zeros(1, 1, 16), num_inference_steps=1)
     assert out.parts.shape == (1, 2, 2, 16, 16, 3)
@@ -100,3 +100,40 @@ def test_pixel_codec_round_trip_is_exact_for_every_level():
     codec = PixelCodec()
     back = to_uint8(codec.decode(codec.encode(to_model_range(image)[None]), num_frames=1))[0]
     assert np.array_equal(back, image)
+
+
+def test_guidance_above_one_changes_the_sample_and_is_deterministic():
+    codec = tiny_vae_codec()
+    torch.manual_seed(2)
+    model = trained_like(SP4DModel(branch_config=MultiViewUNet.tiny_config()), seed=2).eval()
+    pipe = SP4DPipeline(model, codec)
+    video, elevation, azimuth, _ = video_and_cameras(views=2)
+    embeddings = torch.randn(1, 2, 16)
+
+    def sample(scale: float):
+        return pipe(video, elevation, azimuth, embeddings, num_inference_steps=3, guidance_scale=scale,
+                    generator=torch.Generator().manual_seed(5))
+
+    plain, guided, again = sample(1.0), sample(2.5), sample(2.5)
+    assert not np.array_equal(plain.rgb, guided.rgb) and not np.array_equal(plain.parts, guided.parts)
+    assert np.array_equal(guided.rgb, again.rgb) and np.array_equal(guided.parts, again.parts)
+
+
+def test_guidance_schedules_are_the_reference_guiders():
+    """LinearPredictionGuider(max 2, 48 images) of sv4d2 and SpatiotemporalPredictionGuider(1.5, 2.5) of sv4d2_8views."""
+    linear = guidance_scales(12, 4, 2.0)
+    assert linear.shape == (12, 4) and linear[0, 0] == 1.0 and linear[-1, -1] == 2.0
+    assert torch.allclose(linear.flatten(), torch.linspace(1.0, 2.0, 48))
+    st = guidance_scales(5, 8, 2.5, 1.5, "spatiotemporal")
+    # 0.5 x a frame ramp (0 .. 1) plus 0.5 x a triangle over views (0 at both ends, 6/7 at views 3 and 4)
+    assert torch.isclose(st[0, 0], torch.tensor(1.5)) and torch.isclose(st[-1, 0], torch.tensor(2.0))
+    assert torch.isclose(st[-1, 3], torch.tensor(1.5 + 0.5 + 0.5 * 6 / 7)) and torch.allclose(st[0], st[0].flip(0))
+    with pytest.raises(ModelInputError):
+        guidance_scales(2, 2, 2.0, schedule="cosine")
+
+
+def test_karras_sigmas_match_the_reference_discretization():
+    sigmas = karras_sigmas(50)
+    assert len(sigmas) == 51 and sigmas[-1] == 0
+    assert torch.isclose(sigmas[0], torch.tensor(700.0)) and torch.isclose(sigmas[-2], torch.tensor(0.002))
+    assert (sigmas[:-1] > sigmas[1:]).all()

@@ -27,6 +27,7 @@ from pipelines.train.loop import (
     state_digest,
     train,
 )
+from models.sp4d import SP4DModel
 from pipelines.train.runs import open_run, pin_dataset
 from pipelines.version import code_version
 from tests.training_helpers import synthetic_store, tiny_config
@@ -57,6 +58,30 @@ def start(run_dir: Path, lance: str, **overrides) -> TrainReport:
 
 def weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(checkpoint_dir / "sp4d" / "diffusion_pytorch_model.safetensors")
+
+
+def ema_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(checkpoint_dir / "sp4d_ema" / "diffusion_pytorch_model.safetensors")
+
+
+def test_checkpoints_hold_ema_weights_that_lag_the_trained_ones(uninterrupted):
+    run_dir, _ = uninterrupted
+    first, last = run_dir / "checkpoints" / "step-00000002", run_dir / "checkpoints" / "step-00000006"
+    raw, ema, ema_before = weights(last), ema_weights(last), ema_weights(first)
+    assert ema.keys() == raw.keys()
+    # The RGB branch trains throughout (the part branch's average restarts at its copy, step 3).
+    moved = [k for k in raw if k.startswith("rgb_branch.") and not torch.equal(ema[k], ema_before[k])]
+    assert moved  # the average follows training ...
+    # ... but lags it: with decay 0.9999 it stays much closer to where it started than the weights do.
+    k = max(moved, key=lambda name: (raw[name] - ema_before[name]).abs().max())
+    assert (ema[k] - ema_before[k]).abs().max() < 0.1 * (raw[k] - ema_before[k]).abs().max()
+    model = SP4DModel.from_pretrained(last / "sp4d_ema")
+    assert torch.equal(model.state_dict()[k], ema[k])
+
+
+def test_without_ema_no_average_is_saved(tmp_path, lance):
+    start(tmp_path, lance, ema_decay=None, max_steps=2)
+    assert not (tmp_path / "checkpoints" / "step-00000002" / "sp4d_ema").exists()
 
 
 def branch(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -91,6 +116,8 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tmp_path, lance, u
     assert resumed.final_step == 6
     # Same step count, optimiser, scheduler, data position and noise: bit for bit the same run.
     ours, reference = weights(tmp_path / "checkpoints" / "step-00000006"), weights(reference_dir / "checkpoints" / "step-00000006")
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
+    ours, reference = ema_weights(tmp_path / "checkpoints" / "step-00000006"), ema_weights(reference_dir / "checkpoints" / "step-00000006")
     assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
     assert read_metrics(tmp_path) == read_metrics(reference_dir)
     for name in ("optimizer.bin", "scheduler.bin"):
@@ -168,3 +195,22 @@ def test_one_trainer_per_run_folder(tmp_path):
     assert error.value.reason == "run_locked"
     with RunLock(tmp_path):  # released on exit
         pass
+
+
+def test_a_run_starts_both_branches_from_the_converted_network(tmp_path, lance):
+    """rgb_init: the folder models.convert writes (here a tiny network saved the same way)."""
+    from models.unet import MultiViewUNet
+    from tests.models.inputs import trained_like
+
+    torch.manual_seed(0)
+    rgb = trained_like(MultiViewUNet(**MultiViewUNet.tiny_config(in_channels=6, out_channels=3, reference_channels=3)))
+    rgb.save_pretrained(tmp_path / "converted" / "unet")
+    report = start(tmp_path / "run", lance, rgb_init=str(tmp_path / "converted"), max_steps=1, learning_rate=1e-12,
+                   warmup_steps=0, ema_decay=None)
+    assert report.final_step == 1
+    trained = weights(tmp_path / "run" / "checkpoints" / "step-00000001")
+    expected = rgb.state_dict()
+    for prefix in ("rgb_branch.", "part_branch."):
+        ours = branch(trained, prefix)
+        assert ours.keys() == expected.keys()
+        assert all(torch.allclose(ours[k], expected[k], atol=1e-6) for k in expected)

@@ -79,9 +79,9 @@ def run_build_command(args: argparse.Namespace) -> int:
     except ParamsError as exc:
         print(f"kp20k build: {exc}", file=sys.stderr)
         return 2
-    # Prefect's ephemeral API migrates a fresh database first: on a busy 2-core machine that takes
-    # longer than its default 20 s start-up limit.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from flows.prefect_settings import apply_prefect_settings
+
+    apply_prefect_settings()  # before Prefect is imported: telemetry off, a start-up limit for a busy machine
     from flows.artifacts import read_snippet
     from flows.build import (
         build_kinematicparts20k,  # Prefect and Ray load only for the flow commands

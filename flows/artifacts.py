@@ -91,7 +91,8 @@ def image_markdown(png: bytes, alt: str) -> str:
 def publish_report(report: BuildReport) -> None:
     """Counts per stage, rejection reasons, and the Lance versions with a snippet to read them."""
     create_table_artifact(
-        table=report.stage_counts(), key=f"{KEY_PREFIX}-stage-counts", description="Assets in and out of each stage"
+        table=report.stage_counts(), key=f"{KEY_PREFIX}-stage-counts",
+        description=f"Assets in and out of each stage. {report.resume_line()[:1].upper()}{report.resume_line()[1:]}.",
     )
     reasons = [{"stage/reason": k, "count": v} for k, v in sorted(report.rejection_reasons.items())]
     create_table_artifact(

@@ -22,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
+from prefect.runtime import flow_run as prefect_flow_run
 
 from flows.artifacts import (
     CONTACT_SHEET_SAMPLES,
@@ -38,7 +40,9 @@ from flows.artifacts import (
     publish_rejected_assets,
     publish_report,
 )
+from flows.dead_runs import claim, crash_dead_runs
 from flows.ray_cluster import RayConnection, connect
+from flows.reaper import start_reaper
 from flows.render_pool import Job, Outcome, PoolEvent, RenderPool
 from flows.report import BuildReport, RenderSummary, count_reasons
 from pipelines.build.fetch import FetchCache, FetchError, redact
@@ -52,6 +56,7 @@ from pipelines.build.sources.objaverse_xl import (
 )
 from pipelines.build.sources.procedural import generate_assets
 from pipelines.build.store import DatasetStore, absolute_uri
+from pipelines.files import keep_newest
 from pipelines.version import code_version
 from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
 from schemas.fetch import FetchSettings
@@ -69,6 +74,7 @@ PRE_WORKER_STAGES = ("prefilter", "fetch")
 POOL_STAGE = "pool"  # timeouts and crashes, decided by the pool, not by the worker
 FETCH_RETRIES = 2
 FETCH_THREADS = 8  # downloads wait on the network, not the CPU
+WORKER_LOGS_KEPT = 64  # one log per Blender process under <cache_dir>/logs
 
 _CODE_VERSION = CacheKeyFnPolicy(cache_key_fn=lambda context, inputs: code_version())
 
@@ -172,10 +178,10 @@ def _render_in_pool(
         if event.kind == "worker_started" and not summary.first_worker_s:
             summary.first_worker_s = time.monotonic() - pool_started
 
+    log_dir = Path(params.cache_dir).resolve() / "logs"
+    keep_newest(log_dir, "blender-*.log", WORKER_LOGS_KEPT)  # a death's cause, log tail included, is in its rejection row
     pool = RenderPool(
-        make_worker=_worker_factory(
-            params.render, params.filters, str(Path(params.cache_dir).resolve() / "logs"), absolute_uri(params.lance_uri)
-        ),
+        make_worker=_worker_factory(params.render, params.filters, str(log_dir), absolute_uri(params.lance_uri)),
         size=summary.pool_size,
         recycle_after=params.recycle_after,
         asset_timeout_s=params.asset_timeout_s,
@@ -240,6 +246,7 @@ def build_kinematicparts20k(
     work, and a bad one fails the run with one line per wrong field.
     """
     params = BuildParams.parse(_as_data(locals()))
+    start_reaper()  # nothing of this run outlives its driver, however it ends
     return run_build(params)
 
 
@@ -250,6 +257,7 @@ def run_build(params: BuildParams) -> BuildReport:
     store = DatasetStore(params.lance_uri)
     build = BuildReport(lance_uri=params.lance_uri, config_hash=config_hash, code_version=code_version())
     build.versions_before = _versions(store)
+    build.dead_runs = find_dead_runs(params.lance_uri)
 
     assets = discover(params.source, params.cache_dir, params.prefilter.file_types)
     clock.lap(build, "discover")
@@ -259,6 +267,8 @@ def run_build(params: BuildParams) -> BuildReport:
     clock.lap(build, "prefilter")
     todo = plan(candidates, params.lance_uri, config_hash)
     clock.lap(build, "plan")
+    build.candidates, build.already_decided = len(candidates), len(candidates) - len(todo)
+    get_run_logger().info(build.resume_line())
     fetched, fetch_rejections = fetch_assets(todo, params.cache_dir, fetch_settings(params, todo)) if todo else ([], [])
     commit_rejections(params.lance_uri, fetch_rejections)
     clock.lap(build, "fetch")
@@ -269,7 +279,6 @@ def run_build(params: BuildParams) -> BuildReport:
     clock.lap(build, "render")
 
     build.discovered, build.prefilter_rejected = len(assets), len(assets) - len(kept)
-    build.candidates, build.already_decided = len(candidates), len(candidates) - len(todo)
     build.fetched, build.fetch_rejected = len(fetched), len(fetch_rejections)
     rejections = rejections + fetch_rejections
     build.rejection_reasons = dict(count_reasons(rejections))
@@ -280,6 +289,23 @@ def run_build(params: BuildParams) -> BuildReport:
 
 
 # ------------------------------------------------------------------------------------- helpers
+
+
+def find_dead_runs(lance_uri: str) -> list[str]:
+    """Label this run with its driver and table; mark Crashed the earlier runs on the table whose driver died."""
+    run_id, run_name = prefect_flow_run.get_id(), prefect_flow_run.get_name()
+    if run_id is None:
+        return []
+    table = table_identity(lance_uri)
+    dead = crash_dead_runs(FLOW_NAME, table, UUID(run_id), run_name)
+    claim(UUID(run_id), table)
+    for run in dead:
+        get_run_logger().warning("earlier run %s found dead and marked Crashed", run)
+    return [str(run) for run in dead]
+
+
+def table_identity(lance_uri: str) -> str:
+    return lance_uri if "://" in lance_uri else str(Path(lance_uri).resolve())
 
 
 def objaverse_dir(source: SourceParams) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, Sequence
 
@@ -96,6 +95,7 @@ def run_build_command(args: argparse.Namespace) -> int:
         print(report.model_dump_json())
         return 0
     r = report.render
+    print(report.resume_line())
     print(f"build-kinematicparts20k: {r.accepted_assets} assets rendered, {r.samples_written} new samples, "
           f"{report.already_decided} already done, {sum(report.rejection_reasons.values())} rejections")
     print(f"Table: {report.lance_uri}/samples.lance (version {report.versions['samples']})")

@@ -2,16 +2,29 @@
 
 We call ``ray.init`` ourselves from inside a Prefect task and never use prefect-ray's
 ``RayTaskRunner`` as well: the two must not be combined (prefect #16228).
+
+A local cluster is loopback-only. Ray 2.60 turns a node address of 127.0.0.1 into the machine's
+network address (``services.resolve_ip_for_localhost``), and its gRPC servers (GCS, raylet, every
+worker) bind the wildcard address unless the node address is loopback (``GrpcServer``'s
+``listen_to_localhost_only``), so ``--node-ip-address=127.0.0.1`` alone changes nothing. Ray's own
+switch for single-machine use (what it does on macOS and Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``)
+makes the node address 127.0.0.1 and with it every listening socket loopback; we set it for the
+processes of a local cluster only, since a driver joining a real cluster must be reachable from it.
+
+Each local cluster keeps its session folders in its own ``<temp>/kp20k-ray/<driver pid>`` folder, removed
+when the cluster is shut down; folders of drivers that died are removed by the next start.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from ray._private import ray_constants
 from ray._private.authentication.authentication_token_setup import (
     maybe_enable_token_auth_if_token_available,
 )
@@ -22,6 +35,8 @@ from schemas.errors import ReasonError
 LOCAL_TEMP_DIR = Path(tempfile.gettempdir()) / "kp20k-ray"
 # Every Ray worker process: one BLAS/OpenMP thread, so render workers sharing cores do not oversubscribe.
 WORKER_ENV = {"OMP_NUM_THREADS": "1"}
+# A local cluster's node address is 127.0.0.1, so every Ray process listens on loopback only.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 class ClusterError(ReasonError, RuntimeError):
@@ -33,10 +48,13 @@ class RayConnection:
     gcs_address: str
     cpus: float
     owned: bool  # this call started the cluster, so the caller shuts it down
+    temp_dir: Path | None = None  # a local cluster's own session folder, removed with it
 
     def close(self) -> None:
         if self.owned and ray.is_initialized():
             ray.shutdown()
+        if self.owned and self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def available_cpus() -> int:
@@ -57,15 +75,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
         return RayConnection(current, _cluster_cpus(), owned=False)
     try:
         if address in (None, "local"):
-            LOCAL_TEMP_DIR.mkdir(parents=True, exist_ok=True)
-            ray.init(
-                address="local",
-                num_cpus=num_cpus or available_cpus(),
-                include_dashboard=False,
-                log_to_driver=False,  # Blender is chatty; its output stays in each worker's log file
-                _temp_dir=str(LOCAL_TEMP_DIR),
-                runtime_env={"env_vars": WORKER_ENV},
-            )
+            return _start_local(num_cpus or available_cpus())
         else:
             # Ray 2.60 heads start with token auth on; a driver whose RAY_AUTH_MODE is unset sends no
             # token unless told that one is there (~/.ray/auth_token or RAY_AUTH_TOKEN).
@@ -76,6 +86,43 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError("ray_unavailable", f"{address or 'local'}: {exc}") from exc
     return RayConnection(ray.get_runtime_context().gcs_address, _cluster_cpus(), owned=True)
+
+
+def _start_local(num_cpus: int) -> RayConnection:
+    remove_dead_sessions()
+    temp_dir = LOCAL_TEMP_DIR / str(os.getpid())
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(LOOPBACK_ENV)  # for the Ray processes this driver starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # for this process, which imported Ray before the variable was set
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,  # Blender is chatty; its output stays in each worker's log file
+        _temp_dir=str(temp_dir),
+        runtime_env={"env_vars": {**WORKER_ENV, **LOOPBACK_ENV}},
+    )
+    return RayConnection(ray.get_runtime_context().gcs_address, _cluster_cpus(), owned=True, temp_dir=temp_dir)
+
+
+def remove_dead_sessions(root: Path = LOCAL_TEMP_DIR) -> list[Path]:
+    """Remove the session folders of local clusters whose driver process is gone (a killed build)."""
+    removed = []
+    for folder in root.glob("*") if root.is_dir() else ():
+        if folder.name.isdigit() and int(folder.name) != os.getpid() and not _alive(int(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _cluster_cpus() -> float:

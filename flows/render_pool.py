@@ -1,34 +1,45 @@
-"""A pool of long-lived Ray actors, each holding one warm worker (one Blender), fed one asset at a time.
+"""A pool of long-lived Ray actors, each supervising one warm worker (one Blender), fed one asset at a time.
 
 The pool owns the failure modes of a Blender process so that each costs one asset, never the run:
 
-- a hang: every asset has a hard deadline; on expiry the actor is killed (``ray.kill``), the asset
-  comes back as a ``timeout`` outcome and a fresh actor takes the slot;
-- a crash (the process dies, ``RayActorError``) or an exception escaping the worker: a ``crashed``
-  outcome, and the slot is refilled;
-- slow leaks: an actor is replaced after ``recycle_after`` assets.
+- each actor runs its Blender in a child process (:mod:`flows.blender_process`), so a crash is
+  explained (exit signal or code, the kernel's OOM killer or not, peak memory, the end of its Blender
+  log) and the actor starts a fresh Blender for the next asset;
+- a hang: the actor kills a Blender that misses the asset's deadline (a ``timeout`` outcome); if the
+  actor itself stops answering, the pool kills it after a grace period and starts another;
+- an actor that dies (Ray's memory monitor, a lost node): a ``crashed`` outcome with Ray's cause;
+- slow leaks: an actor is replaced after ``recycle_after`` assets;
+- a dead driver: each actor watches the process that started the pool and exits within a couple of
+  seconds of its death, whatever process group it is in (its Blender dies with it).
 
 Outcomes stream back as they finish (``ray.wait``), in completion order, so the driver can commit
-them in shards while the rest render.
+them in shards while the rest render. Each actor's failure touches only its own asset: the others'
+work in flight is untouched.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 import ray
 from ray.exceptions import RayError
 
+from flows.blender_process import SupervisedWorker, WorkerDeath
+from flows.liveness import ProcessIdentity
 from schemas.assets import AssetRef, RejectReason
 from schemas.errors import ReasonError
 
 # Consecutive actors that die before becoming ready: past this the cluster cannot host a worker at
 # all (bpy missing, out of memory), and going on would only spin.
 MAX_START_FAILURES = 3
+# The actor enforces each asset's deadline itself; the pool steps in only when the actor stops answering.
+ACTOR_GRACE_S = 60.0
+WATCHDOG_PERIOD_S = 0.5
 
 
 class PoolError(ReasonError, RuntimeError):
@@ -37,12 +48,13 @@ class PoolError(ReasonError, RuntimeError):
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    """Where an actor runs: enough to find its process and to show which cluster did the work."""
+    """Where an asset was rendered: the Blender process (``pid``), the actor supervising it, the node."""
 
     pid: int
     node_id: str
     node_ip: str
     actor_id: str
+    actor_pid: int
 
 
 @dataclass(frozen=True)
@@ -84,17 +96,30 @@ class PoolStats:
 
 
 class _RenderActor:
-    """Runs inside a Ray worker process: builds the worker once, then processes assets one by one."""
+    """Runs inside a Ray worker process: supervises one Blender child, processes assets one by one."""
 
-    def __init__(self, make_worker: Callable[[], Any]):
-        self._worker = make_worker()
+    def __init__(self, make_worker: Callable[[], Any], driver: ProcessIdentity | None = None):
+        self._worker = SupervisedWorker(make_worker)
+        if driver is not None and driver.on_this_host():
+            threading.Thread(target=self._watch, args=(driver,), name="driver-watchdog", daemon=True).start()
 
     def identity(self) -> WorkerInfo:
         context = ray.get_runtime_context()
-        return WorkerInfo(os.getpid(), context.get_node_id(), ray.util.get_node_ip_address(), context.get_actor_id())
+        return WorkerInfo(
+            self._worker.pid or 0, context.get_node_id(), ray.util.get_node_ip_address(), context.get_actor_id(), os.getpid()
+        )
 
-    def process(self, asset: AssetRef, clips: list[str] | None) -> Any:
-        return self._worker.process(asset, clips=clips)
+    def process(self, asset: AssetRef, clips: list[str] | None, timeout_s: float) -> tuple[Any, int]:
+        """(the worker's result or a :class:`WorkerDeath`, the pid of the Blender that takes the next asset)."""
+        if self._worker.pid is None:
+            self._worker.start()  # the last restart failed: try once more, or raise and be retired
+        return self._worker.process(asset, clips, timeout_s), self._worker.pid or 0
+
+    @staticmethod
+    def _watch(driver: ProcessIdentity) -> None:
+        while driver.is_alive():
+            time.sleep(WATCHDOG_PERIOD_S)
+        os._exit(1)  # the driver is gone: nobody will collect this actor's work (its Blender dies with it)
 
 
 @dataclass
@@ -132,6 +157,7 @@ class RenderPool:
         self._actor_class = ray.remote(_RenderActor).options(
             num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0
         )
+        self._driver = ProcessIdentity.of_this_process()
         self._slots: list[_Slot] = []
         self._consecutive_start_failures = 0
 
@@ -168,14 +194,14 @@ class RenderPool:
         """Start actors until the busy plus the queued work has one each, up to ``size``."""
         busy = sum(1 for s in self._slots if s.job is not None)
         while len(self._slots) < min(self.size, busy + queued):
-            handle = self._actor_class.remote(self.make_worker)
+            handle = self._actor_class.remote(self.make_worker, self._driver)
             self._slots.append(_Slot(handle, handle.identity.remote(), time.monotonic()))
 
     def _dispatch(self, slot: _Slot, job: Job) -> None:
         slot.job = job
-        slot.job_ref = slot.handle.process.remote(job.asset, job.clips)
+        slot.job_ref = slot.handle.process.remote(job.asset, job.clips, self.asset_timeout_s)
         slot.dispatched_at = time.monotonic()
-        slot.deadline = slot.dispatched_at + self.asset_timeout_s
+        slot.deadline = slot.dispatched_at + self.asset_timeout_s + ACTOR_GRACE_S
         self._emit("dispatched", slot.info, job.asset)
 
     def _wait_budget(self) -> float:
@@ -192,13 +218,23 @@ class RenderPool:
         job, worker, seconds = slot.job, slot.info, time.monotonic() - slot.dispatched_at
         slot.job, slot.job_ref = None, None
         try:
-            result = ray.get(ref)
+            result, next_pid = ray.get(ref)
         except RayError as exc:
             self.stats.crashes += 1
             self._emit("crashed", worker, job.asset)
             self._retire(slot)
-            return Outcome(job, worker, failure=RejectReason.crashed, detail=_one_line(exc), seconds=seconds)
+            return Outcome(job, worker, failure=RejectReason.crashed, detail=_actor_death(exc, worker), seconds=seconds)
         slot.done += 1
+        slot.info = replace(worker, pid=next_pid)
+        if isinstance(result, WorkerDeath):
+            if result.reason is RejectReason.timeout:
+                self.stats.timeouts += 1
+            else:
+                self.stats.crashes += 1
+            self._emit("timeout" if result.reason is RejectReason.timeout else "crashed", worker, job.asset)
+            if not next_pid:  # no fresh Blender could start in this actor
+                self._retire(slot)
+            return Outcome(job, worker, failure=result.reason, detail=result.detail, seconds=seconds)
         self._emit("finished", worker, job.asset)
         if slot.done >= self.recycle_after:
             self.stats.recycled += 1
@@ -239,7 +275,8 @@ class RenderPool:
                 self._retire(slot)
                 yield Outcome(
                     job, worker, failure=RejectReason.timeout,
-                    detail=f"no result after {self.asset_timeout_s:g} s; worker pid {worker.pid} killed",
+                    detail=f"no result after {self.asset_timeout_s + ACTOR_GRACE_S:g} s (the asset's deadline plus "
+                    f"{ACTOR_GRACE_S:g} s of grace): render actor pid {worker.actor_pid} stopped answering and was killed",
                     seconds=now - slot.dispatched_at,
                 )
 
@@ -251,6 +288,15 @@ class RenderPool:
     def _emit(self, kind: EventKind, worker: WorkerInfo | None, asset: AssetRef | None = None) -> None:
         if self.on_event is not None:
             self.on_event(PoolEvent(kind, worker, asset))
+
+
+def _actor_death(exc: RayError, worker: WorkerInfo) -> str:
+    """Why an actor (not its Blender) died, as far as Ray knows: its memory monitor says so by type."""
+    if isinstance(exc, ray.exceptions.OutOfMemoryError):
+        cause = f"Ray's memory monitor killed render actor pid {worker.actor_pid}"
+    else:
+        cause = f"render actor pid {worker.actor_pid} died (its Blender pid {worker.pid} died with it)"
+    return f"{cause}: {_one_line(exc)}"
 
 
 def _one_line(exc: BaseException, limit: int = 600) -> str:

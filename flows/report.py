@@ -53,6 +53,18 @@ class BuildReport(BaseModel):
     versions: dict[str, int] = Field(default_factory=dict)
     contact_sheet: str | None = None
     seconds: dict[str, float] = Field(default_factory=dict, description="wall time per stage")
+    dead_runs: list[str] = Field(default_factory=list, description="earlier runs on this table found dead and marked Crashed")
+
+    def resume_line(self) -> str:
+        """What a person wants to know first: is this run resuming, and how much is left."""
+        to_go = self.candidates - self.already_decided
+        if self.already_decided or self.dead_runs:
+            line = f"resuming: {self.already_decided} of {self.candidates} assets already decided, {to_go} to go"
+        else:
+            line = f"starting: {to_go} assets to go"
+        if self.dead_runs:
+            line += "; found dead and marked Crashed: " + ", ".join(self.dead_runs)
+        return line
 
     def stage_counts(self) -> list[dict[str, object]]:
         """Rows for the per-stage counts table: how many went in and how many went on."""

@@ -64,3 +64,12 @@ def _complete_length(fd: int, size: int) -> int:
             return start + newline + 1
         end = start
     return 0
+
+
+def keep_newest(folder: Path | str, pattern: str, keep: int) -> int:
+    """Delete all but the ``keep`` newest files of ``folder`` matching ``pattern``; returns how many went."""
+    folder = Path(folder)
+    found = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    for old in found[keep:]:
+        old.unlink(missing_ok=True)
+    return max(0, len(found) - keep)

@@ -121,10 +121,18 @@ class FetchCache:
 
     @contextlib.contextmanager
     def lock(self, sha256: str) -> Iterator[None]:
-        """An exclusive, cross-process lock on one object (advisory ``flock``)."""
+        """An exclusive, cross-process lock on one object (advisory ``flock``).
+
+        Locks are striped: the objects of one shard folder (the first two hex digits) share one lock
+        file, ``<shard>/.lock``, so the cache holds at most 256 lock files however many objects it has
+        seen (a lock file per object piled up, and deleting a lock file that another process may have
+        opened is a race). Two objects of one shard wait for each other; downloads of different shards
+        do not.
+        """
+        _check_key(sha256, "glb")
         shard = self.root / sha256[:2]
         shard.mkdir(parents=True, exist_ok=True)
-        with open(shard / f"{sha256}.lock", "a") as handle:
+        with open(shard / ".lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

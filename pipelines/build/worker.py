@@ -200,7 +200,8 @@ def worker_logging_to(
     decisions stored at ``lance_uri``.
 
     The log outlives the worker on purpose: a worker killed on a timeout cannot clean up after
-    itself, and its log is what says why. One file per worker process.
+    itself, and its log is what says why. One file per worker process; the build keeps only the newest
+    (``flows.build.WORKER_LOGS_KEPT``).
     """
     folder = Path(log_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -95,14 +93,13 @@ def wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout_s: fl
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """One local Ray for every in-process test (each ``ray.init`` costs ~5 s and ~760 MiB here)."""
-    import ray
+    """One local Ray for every in-process test (each ``ray.init`` costs ~5 s and ~760 MiB here), started
+    as a build starts its own: loopback only, in its own session folder."""
+    from flows.ray_cluster import connect
 
-    temp = Path(tempfile.mkdtemp(prefix="kp20k-ray-", dir="/tmp"))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp))
+    connection = connect(num_cpus=2)
     yield
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +117,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         )
     try:
         wait_for_line(log, STACK_READY, stack, timeout_s=240)
-        yield {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_STACK_LOG": str(log)}
+        yield {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_STACK_LOG": str(log), "PREFECT_STACK_PID": str(stack.pid)}
     finally:
         kill_session(stack)
 
@@ -144,6 +141,30 @@ def cli_build(arguments: list[str], stack: dict[str, str], log: Path) -> subproc
             [sys.executable, "-m", "flows.cli", "build", "--json", "--params", json.dumps({"render": TINY_RENDER}), *arguments],
             cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[str, int, int, str]]:
+    """(address, port, pid, process name) of every TCP/UDP socket listening in ``pids``."""
+    import psutil
+
+    found = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.pid in pids and (conn.status == psutil.CONN_LISTEN or (conn.type == socket.SOCK_DGRAM and conn.laddr)):
+            try:
+                name = psutil.Process(conn.pid).name()
+            except psutil.NoSuchProcess:
+                name = "?"
+            found.append((conn.laddr.ip, conn.laddr.port, conn.pid, name))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address (a dual-stack socket bound to 127.0.0.1)."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(address.split("%")[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 def report_from_log(log: Path):

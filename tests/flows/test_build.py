@@ -31,7 +31,7 @@ from pipelines.build.store import DatasetStore
 from schemas.render import RenderSpec
 from schemas.samples import sample_key
 from tests.flows.artifact_images import embedded_png
-from tests.flows.conftest import TINY_RENDER, wait_gone
+from tests.flows.conftest import TINY_RENDER, process_alive
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 
@@ -206,8 +206,16 @@ def test_a_bad_parameter_fails_the_run_before_any_work(tmp_path):
     assert not lance.exists()
 
 
+def busy_blender(entry: Path, own_session: int) -> bool:
+    """A Blender child (flows.blender_process) of this test's session whose actor is inside a task."""
+    if os.getsid(int(entry.name)) != own_session or b"flows.blender_process" not in (entry / "cmdline").read_bytes():
+        return False
+    parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+    return b"ray::_RenderActor.process" in Path(f"/proc/{parent}/cmdline").read_bytes()
+
+
 def fault_two_workers(stop: threading.Event, faulted: list[tuple[str, int]]) -> None:
-    """Freeze the first render worker seen mid-asset (a hang), kill the next one (a crash).
+    """Freeze the first Blender seen mid-asset (a hang), kill the next one (a crash).
 
     A process is judged only while stopped (SIGSTOP), so it cannot finish its asset between the
     check and the signal; one found idle is let go (SIGCONT)."""
@@ -218,19 +226,19 @@ def fault_two_workers(stop: threading.Event, faulted: list[tuple[str, int]]) -> 
                 continue
             pid = int(entry.name)
             try:
-                if os.getsid(pid) != own_session or b"ray::_RenderActor.process" not in (entry / "cmdline").read_bytes():
+                if not busy_blender(entry, own_session):
                     continue
                 os.kill(pid, signal.SIGSTOP)
-                if b"ray::_RenderActor.process" not in (entry / "cmdline").read_bytes():
+                if not busy_blender(entry, own_session):
                     os.kill(pid, signal.SIGCONT)
                     continue
-            except (ProcessLookupError, FileNotFoundError, PermissionError):
+            except (ProcessLookupError, FileNotFoundError, PermissionError, IndexError):
                 continue
             if faulted:
                 os.kill(pid, signal.SIGKILL)
                 faulted.append(("crashed", pid))
             else:
-                faulted.append(("timeout", pid))  # stays stopped until the pool's deadline kills it
+                faulted.append(("timeout", pid))  # stays stopped until its actor's deadline kills it
         time.sleep(0.02)
 
 
@@ -246,10 +254,17 @@ def test_a_hung_and_a_crashed_worker_cost_one_asset_each_and_a_refresh_retries_t
         stop.set()
         watcher.join()
     assert [kind for kind, _ in faulted] == ["timeout", "crashed"]
-    assert all(wait_gone(pid) for _, pid in faulted)  # the frozen process was killed, not left behind
+    # Each outcome came back only after its actor reaped the process: nothing is left to wait for.
+    assert not any(process_alive(pid) for _, pid in faulted)
     assert (report.render.timeouts, report.render.crashes) == (1, 1)
-    rejections = data.store().read("rejections", columns=["sha256", "stage", "reason"]).to_pylist()
+    rejections = data.store().read("rejections", columns=["sha256", "stage", "reason", "detail"]).to_pylist()
     assert sorted((r["stage"], r["reason"]) for r in rejections) == [("pool", "crashed"), ("pool", "timeout")]
+    details = {r["reason"]: r["detail"] for r in rejections}
+    hung, killed = (pid for _, pid in faulted)
+    assert f"Blender worker pid {hung} killed" in details["timeout"]
+    # The crash is explained: the signal, the OOM killer ruled in or out, peak memory, the log's end.
+    assert f"Blender worker pid {killed} killed by SIGKILL" in details["crashed"]
+    assert "peak memory" in details["crashed"] and "its log" in details["crashed"]
     failed = {r["sha256"] for r in rejections}
     rendered = {r["sha256"] for r in sample_rows(data.store())}
     assert rendered == {a.sha256 for a in assets} - failed  # everything else was written

@@ -1,7 +1,7 @@
 """The render pool with real workers (one warm Blender each) on a real local Ray.
 
-A hang is a worker process stopped with SIGSTOP mid-asset (it makes no progress, like a deadlocked
-Blender); a crash is the worker process killed with SIGKILL mid-asset. Both are done to the worker
+A hang is a Blender process stopped with SIGSTOP mid-asset (it makes no progress, like a deadlocked
+Blender); a crash is the Blender process killed with SIGKILL mid-asset. Both are done to the Blender
 the pool reports for that asset, so each test knows which asset must fail.
 """
 
@@ -21,7 +21,7 @@ from schemas.assets import AssetRef, RejectReason
 from schemas.filters import FilterRules
 from schemas.render import RenderSpec
 from tests.factories import hanging_asset
-from tests.flows.conftest import TINY_RENDER, wait_gone
+from tests.flows.conftest import TINY_RENDER, process_alive, wait_gone
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -69,21 +69,39 @@ def test_a_hung_worker_times_out_and_a_killed_worker_crashes_and_the_rest_finish
 
     assert len(outcomes) == len(jobs)
     assert outcomes[to_hang].failure is RejectReason.timeout
-    assert f"worker pid {faults[to_hang]} killed" in outcomes[to_hang].detail
+    assert f"Blender worker pid {faults[to_hang]} killed" in outcomes[to_hang].detail
     assert outcomes[to_crash].failure is RejectReason.crashed
-    assert "ActorDiedError" in outcomes[to_crash].detail
+    assert f"Blender worker pid {faults[to_crash]} killed by SIGKILL" in outcomes[to_crash].detail
     # The worker refuses the FIFO before opening it: a rejection from the worker, not a hang.
     (fifo_rejection,) = outcomes["f" * 64].result.rejections
     assert fifo_rejection.reason is RejectReason.file_missing
     for asset in (assets[0], assets[3]):
         assert outcomes[asset.sha256].failure is None and outcomes[asset.sha256].result.samples
     assert pool.stats.timeouts == 1 and pool.stats.crashes == 1
-    # Each failure cost its process; the pool went on with fresh ones (started lazily, only while
-    # work remained), and the stopped process is gone, not left frozen.
-    pids = {o.worker.pid for o in outcomes.values()}
-    assert pool.stats.workers_started == len(pids) >= 3
+    # Each failure cost its Blender, not its actor: the actors started a fresh Blender and went on, and
+    # the stopped process is gone (reaped by its actor before the outcome came back), not left frozen.
+    assert pool.stats.workers_started == 2
+    assert len({o.worker.actor_pid for o in outcomes.values()}) == 2
     assert outcomes[assets[3].sha256].worker.pid not in faults.values()
-    assert wait_gone(faults[to_hang]) and wait_gone(faults[to_crash])
+    assert not process_alive(faults[to_hang]) and not process_alive(faults[to_crash])
+
+
+def test_an_actor_killed_outright_costs_its_asset_and_says_so(assets):
+    killed: dict[str, int] = {}
+
+    def kill_actor(event: PoolEvent) -> None:
+        if event.kind == "dispatched" and not killed:
+            killed[event.asset.sha256] = event.worker.actor_pid
+            os.kill(event.worker.actor_pid, signal.SIGKILL)
+
+    with RenderPool(make_worker(), size=2, asset_timeout_s=60, on_event=kill_actor) as pool:
+        outcomes = {o.job.asset.sha256: o for o in pool.imap(Job(a) for a in assets)}
+    ((sha, actor_pid),) = killed.items()
+    assert outcomes[sha].failure is RejectReason.crashed
+    assert f"render actor pid {actor_pid} died" in outcomes[sha].detail
+    assert all(o.failure is None and o.result.samples for s, o in outcomes.items() if s != sha)
+    # Its Blender died with it (PR_SET_PDEATHSIG): nothing of the killed actor is left running.
+    assert wait_gone(outcomes[sha].worker.pid)
 
 
 def test_a_result_that_arrives_while_the_caller_is_busy_is_not_a_timeout(assets):

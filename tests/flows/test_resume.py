@@ -1,5 +1,6 @@
 """A build killed with SIGKILL mid-render and run again ends with exactly the rows of an uninterrupted
-build, and the rerun renders no asset the killed run had committed."""
+build, the rerun renders no asset the killed run had committed, says it is resuming, and the killed run
+shows as Crashed (not Running) in Prefect."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.build import build_kinematicparts20k
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, TaskRunFilter, TaskRunFilterFlowRunId
+from prefect.client.schemas.objects import StateType
+
+from flows.build import FLOW_NAME, build_kinematicparts20k
+from flows.dead_runs import TABLE_LABEL
 from pipelines.build.sources.procedural import generate_assets
 from pipelines.build.store import KEY_COLUMN, DatasetStore
 from tests.flows.conftest import TINY_RENDER, cli_build, kill_session
@@ -58,9 +64,29 @@ def test_sigkill_midway_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_path
     done_before = committed_assets(killed_lance)
     assert 2 <= len(done_before) < N_ASSETS, "the kill must land mid-render"
 
-    rerun = build_kinematicparts20k(
-        source=source, render=TINY_RENDER, lance_uri=killed_lance, cache_dir=str(tmp_path / "cache"), **RUN
+    state = build_kinematicparts20k(
+        source=source, render=TINY_RENDER, lance_uri=killed_lance, cache_dir=str(tmp_path / "cache"), **RUN,
+        return_state=True,
     )
+    assert state.is_completed(), state.message
+    rerun, rerun_id = state.result(), state.state_details.flow_run_id
+    assert rerun.already_decided == len(done_before)
+    assert rerun.resume_line().startswith(
+        f"resuming: {len(done_before)} of {N_ASSETS} assets already decided, {N_ASSETS - len(done_before)} to go"
+    )
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])))
+        on_table = [r for r in runs if r.labels.get(TABLE_LABEL) == str(Path(killed_lance).resolve())]
+        (killed_run,) = [r for r in on_table if r.id != rerun_id]
+        assert killed_run.state.type is StateType.CRASHED, killed_run.state
+        assert str(rerun_id) in killed_run.state.message
+        assert client.read_flow_run(rerun_id).state.type is StateType.COMPLETED
+        left_running = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[killed_run.id])),
+        )
+        assert not [t.name for t in left_running if t.state.type is StateType.RUNNING]
+    assert any(str(killed_run.id) in dead for dead in rerun.dead_runs)
+    assert str(killed_run.id) in rerun.resume_line()
     assert set(rerun.render.processed_sha256).isdisjoint(done_before)
     assert set(rerun.render.processed_sha256) | done_before == {a.sha256 for a in assets}
 

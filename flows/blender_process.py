@@ -1,0 +1,251 @@
+"""One warm worker (one Blender) in a child process of its render actor, so that a death is explained.
+
+Blender can die in ways no Python handler sees: a segfault, the kernel's OOM killer, a SIGKILL. Ray
+reports only "the worker process has died" for its own workers, so the render actor does not run
+Blender itself: it is a small supervisor, and Blender runs in its child. The supervisor waits for the
+child with ``wait4`` and so knows the exit signal or code, the child's peak memory (``ru_maxrss``),
+whether the cgroup's OOM-kill count rose meanwhile (the kernel's OOM killer), and where the child's
+Blender log ends. The actor survives and starts a fresh Blender for the next asset.
+
+Deadlines are kept here too: a child that gives no result within the asset's deadline (a hang, a
+deadlock, a SIGSTOP) is killed, reported as a timeout, and replaced.
+
+The child dies with its supervisor (``PR_SET_PDEATHSIG``), so killing an actor never leaves a Blender
+behind. Messages travel over a socket pair (``multiprocessing.connection``): the first carries the
+supervisor's ``sys.path`` and the pickled worker factory, then one message per asset each way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable
+
+from schemas.assets import AssetRef, RejectReason
+
+PR_SET_PDEATHSIG = 1
+LOG_TAIL_LINES = 6
+LOG_TAIL_CHARS = 700
+STARTUP_TIMEOUT_S = 300.0
+
+
+class WorkerStartError(RuntimeError):
+    """The child could not build its worker (no Blender, a bad factory) or died while starting."""
+
+
+@dataclass(frozen=True)
+class WorkerDeath:
+    """What an asset cost instead of a result: the child died on it, or missed its deadline."""
+
+    reason: RejectReason  # crashed or timeout
+    detail: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    pid: int
+    status: int
+    peak_rss_kib: int
+
+    @property
+    def signal(self) -> signal.Signals | None:
+        return signal.Signals(os.WTERMSIG(self.status)) if os.WIFSIGNALED(self.status) else None
+
+    @property
+    def code(self) -> int | None:
+        return os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else None
+
+
+class SupervisedWorker:
+    """``make_worker()`` built and run in a child process; :meth:`process` never raises for the child's death."""
+
+    def __init__(self, make_worker: Callable[[], Any], startup_timeout_s: float = STARTUP_TIMEOUT_S):
+        from ray import cloudpickle  # pickles the factory by value where its module is not importable
+
+        self._factory = cloudpickle.dumps(make_worker)
+        self._startup_timeout_s = startup_timeout_s
+        self._child: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self.log_path: str | None = None
+        self.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        self._oom_kills_at_start = oom_kill_count()
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "flows.blender_process", str(theirs.fileno()), str(os.getpid())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send((list(sys.path), self._factory))
+        if not self._conn.poll(self._startup_timeout_s):
+            self._kill()
+            raise WorkerStartError(f"Blender worker pid {self._child.pid} not ready after {self._startup_timeout_s:.0f} s")
+        try:
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError):
+            raise WorkerStartError(f"Blender worker died while starting: {self._reap_and_explain()}") from None
+        if kind != "ready":
+            self._reap()
+            raise WorkerStartError(payload)
+        self.log_path = payload
+
+    def process(self, asset: AssetRef, clips: list[str] | None, timeout_s: float) -> Any:
+        """The worker's result for ``asset``, or a :class:`WorkerDeath` (then a fresh child is started)."""
+        assert self._conn is not None and self._child is not None
+        pid = self._child.pid
+        try:
+            self._conn.send((asset, clips))
+        except OSError:
+            return self._died(RejectReason.crashed, "")
+        if not self._conn.poll(timeout_s):
+            self._kill()
+            return self._died(RejectReason.timeout, f"no result after {timeout_s:g} s; Blender worker pid {pid} killed; ")
+        try:
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError):
+            return self._died(RejectReason.crashed, "")
+        if kind == "error":  # an exception escaped the worker; the child is still up
+            return WorkerDeath(RejectReason.crashed, f"the worker raised {payload}", pid)
+        return payload
+
+    def close(self) -> None:
+        if self._child is not None and self._child.returncode is None:
+            self._kill()
+        self._child = None
+
+    # -- deaths --------------------------------------------------------------------------------
+
+    def _died(self, reason: RejectReason, prefix: str) -> WorkerDeath:
+        pid = self._child.pid
+        death = WorkerDeath(reason, prefix + self._reap_and_explain(), pid)
+        try:
+            self.start()
+        except WorkerStartError:
+            self._child = None  # the next process() fails; the pool retires this actor
+        return death
+
+    def _kill(self) -> None:
+        try:
+            os.kill(self._child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self) -> ExitStatus:
+        pid, status, usage = os.wait4(self._child.pid, 0)
+        self._child.returncode = -1  # reaped here; Popen must not wait for it again
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        return ExitStatus(pid, status, usage.ru_maxrss)
+
+    def _reap_and_explain(self) -> str:
+        exit_status = self._reap()
+        return explain_death(exit_status, self._oom_kills_at_start, oom_kill_count(), self.log_path)
+
+
+def explain_death(exit_status: ExitStatus, oom_before: int | None, oom_after: int | None, log_path: str | None) -> str:
+    """One line: how the process ended, whether the kernel's OOM killer did it, its peak memory, its log's end."""
+    sig = exit_status.signal
+    if sig is not None:
+        how = f"killed by {sig.name}"
+        if sig is signal.SIGKILL:
+            if oom_before is None or oom_after is None:
+                how += " (the kernel's OOM-kill count cannot be read here)"
+            elif oom_after > oom_before:
+                how += f" by the kernel's OOM killer (cgroup oom_kill {oom_before} -> {oom_after})"
+            else:
+                how += " (not the kernel's OOM killer: the cgroup's oom_kill count did not change)"
+    else:
+        how = f"exited with code {exit_status.code}"
+    text = f"Blender worker pid {exit_status.pid} {how}; peak memory {exit_status.peak_rss_kib / 1024:.0f} MiB"
+    tail = log_tail(log_path)
+    return f"{text}; its log {log_path} ends: {tail}" if tail else text
+
+
+def log_tail(log_path: str | None, lines: int = LOG_TAIL_LINES, limit: int = LOG_TAIL_CHARS) -> str:
+    if not log_path:
+        return ""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    joined = " | ".join(kept)
+    return joined if len(joined) <= limit else "..." + joined[-limit:]
+
+
+def oom_kill_count() -> int | None:
+    """The ``oom_kill`` count of this process's cgroup (v2), or None where it cannot be read."""
+    try:
+        entry = Path("/proc/self/cgroup").read_text().splitlines()[0]
+        events = Path("/sys/fs/cgroup") / entry.split("::", 1)[1].lstrip("/") / "memory.events"
+        for line in events.read_text().splitlines():
+            key, value = line.split()
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+# ----------------------------------------------------------------------------------- the child
+
+
+def _die_with(parent_pid: int) -> None:
+    """SIGKILL this process when its parent dies (Linux); exit at once if that already happened."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the pool's ray.kill and the actor's watchdog still end the actor
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def child_main(fd: int, parent_pid: int) -> int:
+    _die_with(parent_pid)
+    conn = Connection(fd)
+    paths, factory = conn.recv()
+    # Appended, not prepended: the supervisor's path holds bpy's own scripts/modules folder once bpy is
+    # imported, and ahead of site-packages it would shadow the real bpy package.
+    sys.path += [p for p in paths if p not in sys.path]
+    try:
+        worker = pickle.loads(factory)()
+    except BaseException as exc:  # noqa: BLE001 - reported to the supervisor, which refuses to start
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return 1
+    session = getattr(worker, "session", None)
+    conn.send(("ready", str(getattr(session, "log_path", "") or "") or None))
+    while True:
+        try:
+            asset, clips = conn.recv()
+        except EOFError:
+            return 0
+        started = time.monotonic()
+        try:
+            conn.send(("result", worker.process(asset, clips=clips)))
+        except Exception as exc:  # noqa: BLE001 - the worker is meant never to raise; say so if it did
+            conn.send(("error", f"{type(exc).__name__}: {exc} (after {time.monotonic() - started:.1f} s)"))
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(int(sys.argv[1]), int(sys.argv[2])))

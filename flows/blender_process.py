@@ -175,8 +175,10 @@ def explain_death(exit_status: ExitStatus, oom_before: int | None, oom_after: in
     else:
         how = f"exited with code {exit_status.code}"
     text = f"Blender worker pid {exit_status.pid} {how}; peak memory {exit_status.peak_rss_kib / 1024:.0f} MiB"
+    if not log_path:
+        return text
     tail = log_tail(log_path)
-    return f"{text}; its log {log_path} ends: {tail}" if tail else text
+    return f"{text}; its log {log_path} ends: {tail}" if tail else f"{text}; its log {log_path} is empty"
 
 
 def log_tail(log_path: str | None, lines: int = LOG_TAIL_LINES, limit: int = LOG_TAIL_CHARS) -> str:

@@ -11,7 +11,9 @@ Deadlines are kept here too: a child that gives no result within the asset's dea
 deadlock, a SIGSTOP) is killed, reported as a timeout, and replaced.
 
 The child dies with its supervisor (``PR_SET_PDEATHSIG``), so killing an actor never leaves a Blender
-behind. Messages travel over a socket pair (``multiprocessing.connection``): the first carries the
+behind, and its temporary files (renders in flight, EXR passes) go to a scratch folder of its own,
+``<tmp>/kp20k-blender/<supervisor pid>.<n>``, removed when the child ends; folders of supervisors that
+were killed are removed by the next supervisor that starts. Messages travel over a socket pair (``multiprocessing.connection``): the first carries the
 supervisor's ``sys.path`` and the pickled worker factory, then one message per asset each way.
 """
 
@@ -20,22 +22,26 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
+from flows.liveness import remove_dead_owners
 from schemas.assets import AssetRef, RejectReason
 
 PR_SET_PDEATHSIG = 1
 LOG_TAIL_LINES = 6
 LOG_TAIL_CHARS = 700
 STARTUP_TIMEOUT_S = 300.0
+SCRATCH_ROOT = Path(tempfile.gettempdir()) / "kp20k-blender"
 
 
 class WorkerStartError(RuntimeError):
@@ -76,7 +82,10 @@ class SupervisedWorker:
         self._startup_timeout_s = startup_timeout_s
         self._child: subprocess.Popen | None = None
         self._conn: Connection | None = None
+        self._scratch: Path | None = None
         self.log_path: str | None = None
+        SCRATCH_ROOT.mkdir(parents=True, exist_ok=True)
+        remove_dead_owners(SCRATCH_ROOT)
         self.start()
 
     @property
@@ -86,16 +95,20 @@ class SupervisedWorker:
     def start(self) -> None:
         ours, theirs = socket.socketpair()
         self._oom_kills_at_start = oom_kill_count()
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}.", dir=SCRATCH_ROOT))
         self._child = subprocess.Popen(
             [sys.executable, "-m", "flows.blender_process", str(theirs.fileno()), str(os.getpid())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": str(self._scratch)},
         )
         theirs.close()
         self._conn = Connection(ours.detach())
         self._conn.send((list(sys.path), self._factory))
         if not self._conn.poll(self._startup_timeout_s):
             self._kill()
+            self._reap()
+            self._drop_scratch()
             raise WorkerStartError(f"Blender worker pid {self._child.pid} not ready after {self._startup_timeout_s:.0f} s")
         try:
             kind, payload = self._conn.recv()
@@ -103,6 +116,7 @@ class SupervisedWorker:
             raise WorkerStartError(f"Blender worker died while starting: {self._reap_and_explain()}") from None
         if kind != "ready":
             self._reap()
+            self._drop_scratch()
             raise WorkerStartError(payload)
         self.log_path = payload
 
@@ -128,6 +142,8 @@ class SupervisedWorker:
     def close(self) -> None:
         if self._child is not None and self._child.returncode is None:
             self._kill()
+            self._reap()
+        self._drop_scratch()
         self._child = None
 
     # -- deaths --------------------------------------------------------------------------------
@@ -157,7 +173,14 @@ class SupervisedWorker:
 
     def _reap_and_explain(self) -> str:
         exit_status = self._reap()
-        return explain_death(exit_status, self._oom_kills_at_start, oom_kill_count(), self.log_path)
+        why = explain_death(exit_status, self._oom_kills_at_start, oom_kill_count(), self.log_path)
+        self._drop_scratch()  # after the log (which may live there) was read
+        return why
+
+    def _drop_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
 
 def explain_death(exit_status: ExitStatus, oom_before: int | None, oom_after: int | None, log_path: str | None) -> str:

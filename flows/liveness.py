@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,28 @@ def start_ticks(pid: int) -> str:
     except (OSError, IndexError):
         return ""
     return "" if fields[0] == "Z" else fields[19]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_owners(root: Path) -> list[Path]:
+    """Remove the folders of ``root`` named ``<pid>`` or ``<pid>.<anything>`` whose owner process is gone.
+
+    Each process that makes scratch folders names them after itself, so whatever a killed process left
+    is found and removed by the next one, and the folder holds no more entries than there are live owners.
+    """
+    removed = []
+    for folder in root.iterdir() if root.is_dir() else ():
+        owner = folder.name.split(".", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not pid_alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed

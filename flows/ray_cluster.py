@@ -29,6 +29,7 @@ from ray._private.authentication.authentication_token_setup import (
     maybe_enable_token_auth_if_token_available,
 )
 
+from flows.liveness import remove_dead_owners
 from schemas.errors import ReasonError
 
 # Ray's sockets live under the temp dir and Unix socket paths are limited to ~107 bytes: keep it short.
@@ -89,7 +90,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
 
 
 def _start_local(num_cpus: int) -> RayConnection:
-    remove_dead_sessions()
+    remove_dead_owners(LOCAL_TEMP_DIR)  # session folders of builds that were killed
     temp_dir = LOCAL_TEMP_DIR / str(os.getpid())
     temp_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(LOOPBACK_ENV)  # for the Ray processes this driver starts
@@ -103,26 +104,6 @@ def _start_local(num_cpus: int) -> RayConnection:
         runtime_env={"env_vars": {**WORKER_ENV, **LOOPBACK_ENV}},
     )
     return RayConnection(ray.get_runtime_context().gcs_address, _cluster_cpus(), owned=True, temp_dir=temp_dir)
-
-
-def remove_dead_sessions(root: Path = LOCAL_TEMP_DIR) -> list[Path]:
-    """Remove the session folders of local clusters whose driver process is gone (a killed build)."""
-    removed = []
-    for folder in root.glob("*") if root.is_dir() else ():
-        if folder.name.isdigit() and int(folder.name) != os.getpid() and not _alive(int(folder.name)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _cluster_cpus() -> float:

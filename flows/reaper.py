@@ -4,9 +4,10 @@ A driver that dies hard runs no cleanup: Prefect's ephemeral API server (a uvico
 Ray cluster (GCS, raylet, workers) and every Blender would outlive it. So a build starts one small
 reaper process per driver, in its own session (a kill of the build's process group does not reach it).
 While the driver lives, the reaper keeps the driver's process tree in view (once a second); when the
-driver is gone, it kills every process of that tree still running (each checked by its start time, so
-a reused pid is never hit) and removes the driver's Ray session folder. Then it exits. A driver that
-ends normally has stopped its children already, and the reaper finds nothing to do.
+driver is gone, it stops, then kills, every process of that tree still running (each checked by its
+start time, so a reused pid is never hit), and removes the driver's Ray session folder and its
+Blenders' scratch folders. Then it exits. A driver that ends normally has stopped its children
+already, and the reaper finds nothing to do.
 
 Usage (internal): ``python -m flows.reaper DRIVER_PID``.
 """
@@ -21,6 +22,8 @@ import time
 
 import psutil
 
+from flows.blender_process import SCRATCH_ROOT
+from flows.liveness import remove_dead_owners
 from flows.ray_cluster import LOCAL_TEMP_DIR
 
 SCAN_PERIOD_S = 1.0
@@ -64,6 +67,7 @@ def watch(driver_pid: int) -> int:
             pass
     psutil.wait_procs(survivors, timeout=10)
     shutil.rmtree(LOCAL_TEMP_DIR / str(driver_pid), ignore_errors=True)
+    remove_dead_owners(SCRATCH_ROOT)  # the killed Blenders' scratch folders
     return 0
 
 

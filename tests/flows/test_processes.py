@@ -17,7 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.ray_cluster import LOCAL_TEMP_DIR, remove_dead_sessions
+from flows.blender_process import SCRATCH_ROOT
+from flows.liveness import remove_dead_owners
+from flows.ray_cluster import LOCAL_TEMP_DIR
 from pipelines.build.sources.procedural import generate_assets
 from tests.flows.conftest import REPO_ROOT, is_loopback, kill_session, listening_sockets, session_members
 
@@ -90,6 +92,9 @@ def test_a_local_build_listens_on_loopback_only_and_a_killed_driver_leaves_nothi
         while (LOCAL_TEMP_DIR / str(run.pid)).exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not (LOCAL_TEMP_DIR / str(run.pid)).exists()
+        # nor any Blender scratch folder of the killed actors (named after their pids)
+        owners = {str(pid) for pid in tree}
+        assert not [f for f in SCRATCH_ROOT.iterdir() if f.name.split(".")[0] in owners]
     finally:
         kill_session(run)
 
@@ -102,12 +107,13 @@ def test_the_prefect_server_and_worker_listen_on_loopback_only(prefect_stack):
     assert [s for s in sockets if not is_loopback(s[0])] == []
 
 
-def test_session_folders_of_dead_drivers_are_removed_and_live_ones_kept(tmp_path):
+def test_scratch_folders_of_dead_owners_are_removed_and_live_ones_kept(tmp_path):
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(finished.stdout)
-    (tmp_path / str(dead_pid) / "session_x").mkdir(parents=True)
+    (tmp_path / str(dead_pid) / "session_x").mkdir(parents=True)  # a Ray session folder
+    (tmp_path / f"{dead_pid}.3").mkdir()  # a Blender's scratch folder
     (tmp_path / str(os.getppid())).mkdir()  # alive: this test's parent
     (tmp_path / "not-a-pid").mkdir()
-    removed = remove_dead_sessions(tmp_path)
-    assert removed == [tmp_path / str(dead_pid)]
+    removed = remove_dead_owners(tmp_path)
+    assert sorted(removed) == sorted([tmp_path / str(dead_pid), tmp_path / f"{dead_pid}.3"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([str(os.getppid()), "not-a-pid"])

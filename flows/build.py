@@ -388,7 +388,12 @@ def _record(summary: RenderSummary, outcome: Outcome, samples: list[Sample]) -> 
         summary.n_renders += outcome.result.n_renders
     if outcome.worker is not None:
         worker = outcome.worker
-        for values, value in ((summary.worker_pids, worker.pid), (summary.node_ips, worker.node_ip), (summary.node_ids, worker.node_id)):
+        for values, value in (
+            (summary.worker_pids, worker.pid),
+            (summary.actor_pids, worker.actor_pid),
+            (summary.node_ips, worker.node_ip),
+            (summary.node_ids, worker.node_id),
+        ):
             if value not in values:
                 values.append(value)
 

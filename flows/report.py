@@ -24,7 +24,8 @@ class RenderSummary(BaseModel):
     recycled: int = 0
     timeouts: int = 0
     crashes: int = 0
-    worker_pids: list[int] = Field(default_factory=list)
+    worker_pids: list[int] = Field(default_factory=list, description="the Blender processes that rendered (their log names)")
+    actor_pids: list[int] = Field(default_factory=list, description="the Ray actors supervising them")
     node_ips: list[str] = Field(default_factory=list)
     node_ids: list[str] = Field(default_factory=list)
     gcs_address: str = ""

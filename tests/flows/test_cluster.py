@@ -67,9 +67,10 @@ def test_the_build_renders_on_the_cluster_at_the_given_address(ray_head, prefect
     assert report.render.gcs_address.rsplit(":", 1)[1] == address.rsplit(":", 1)[1]
     assert len(report.render.node_ids) == 1
     assert sorted(report.render.processed_sha256) == sorted(a.sha256 for a in assets)
-    # Each render worker was a process of that head: its logs are in the head's temp dir.
+    # Each render actor was a process of that head: its logs are in the head's temp dir.
     logs = [p.name for p in (head_temp / "session_latest" / "logs").iterdir()]
-    for pid in report.render.worker_pids:
+    assert report.render.actor_pids
+    for pid in report.render.actor_pids:
         assert any(name.startswith("worker-") and name.endswith(f"-{pid}.out") for name in logs), (pid, logs)
     rows = DatasetStore(lance).read_samples(columns=["sha256"]).column("sha256").to_pylist()
     assert set(rows) == {a.sha256 for a in assets}

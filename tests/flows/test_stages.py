@@ -78,7 +78,7 @@ def test_work_under_another_render_config_does_not_count(store):
 
 
 def test_a_pool_failure_becomes_one_transient_rejection_and_no_marker():
-    outcome = Outcome(Job(asset(7)), WorkerInfo(1, "n", "127.0.0.1", "a"), failure=RejectReason.timeout, detail="no result")
+    outcome = Outcome(Job(asset(7)), WorkerInfo(1, "n", "127.0.0.1", "a", 2), failure=RejectReason.timeout, detail="no result")
     samples, rejections, row = outcome_rows(outcome, CONFIG)
     assert samples == [] and row is None
     assert [(r.stage, r.reason, r.config_hash) for r in rejections] == [("pool", RejectReason.timeout, CONFIG)]

@@ -134,8 +134,9 @@ def fetch_assets(
     return fetched, [_rejection(asset, exc.reason, exc.detail, **stamp) for asset, exc in rejections + transient]
 
 
-@task(name="commit-rejections", cache_policy=NO_CACHE)
-def commit_rejections(lance_uri: str, rejections: list[Rejection]) -> int:
+@task(name="commit-rejections", task_run_name="commit-{stage}-rejections", cache_policy=NO_CACHE)
+def commit_rejections(stage: str, lance_uri: str, rejections: list[Rejection]) -> int:
+    """``stage`` names the task run in the UI (prefilter, fetch)."""
     return DatasetStore(lance_uri).write_rejections(rejections)
 
 
@@ -263,14 +264,14 @@ def run_build(params: BuildParams) -> BuildReport:
     clock.lap(build, "discover")
     kept, rejections = prefilter_candidates(assets, params.prefilter)
     candidates = kept[: params.limit]
-    commit_rejections(params.lance_uri, rejections)
+    commit_rejections("prefilter", params.lance_uri, rejections)
     clock.lap(build, "prefilter")
     todo = plan(candidates, params.lance_uri, config_hash)
     clock.lap(build, "plan")
     build.candidates, build.already_decided = len(candidates), len(candidates) - len(todo)
     get_run_logger().info(build.resume_line())
     fetched, fetch_rejections = fetch_assets(todo, params.cache_dir, fetch_settings(params, todo)) if todo else ([], [])
-    commit_rejections(params.lance_uri, fetch_rejections)
+    commit_rejections("fetch", params.lance_uri, fetch_rejections)
     clock.lap(build, "fetch")
     sheet: list[SheetEntry] = []
     if fetched:

@@ -162,6 +162,8 @@ def test_an_unchanged_refresh_opens_no_blender(dataset, first):
     states = {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
     assert states["prefilter"] == "Cached"
     assert "render" not in states
+    # the two rejection commits say which stage they commit
+    assert {"commit-prefilter-rejections", "commit-fetch-rejections"} <= {t.name for t in tasks}
 
 
 def test_a_refresh_renders_exactly_the_two_new_assets(dataset, first):

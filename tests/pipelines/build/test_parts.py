@@ -212,6 +212,19 @@ def test_parts_are_deterministic_and_independent_of_vertex_order():
     assert np.array_equal(vertices[order], shuffled_vertices)
 
 
+def three_bone_chain(**changes) -> RigGeometry:
+    """A valid three-bone chain, one vertex per bone, with ``changes`` applied."""
+    fields = dict(
+        bone_names=["a", "b", "c"],
+        bone_parents=[-1, 0, 1],
+        vertex_bone=np.array([0, 1, 2]),
+        vertex_area=np.ones(3),
+        vertex_positions=np.full((3, 3), 0.5),
+        bone_relative_motion=np.full(3, MOVING),
+    )
+    return RigGeometry(**{**fields, **changes})
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -226,17 +239,8 @@ def test_parts_are_deterministic_and_independent_of_vertex_order():
     ],
 )
 def test_a_malformed_rig_is_a_clear_value_error(changes, message):
-    fields = dict(
-        bone_names=["a", "b", "c"],
-        bone_parents=[-1, 0, 1],
-        vertex_bone=np.array([0, 1, 2]),
-        vertex_area=np.ones(3),
-        vertex_positions=np.full((3, 3), 0.5),
-        bone_relative_motion=np.full(3, MOVING),
-    )
-    fields.update(changes)
     with pytest.raises(ValueError, match=message):
-        kinematic_parts(RigGeometry(**fields), PartRules())
+        kinematic_parts(three_bone_chain(**changes), PartRules())
 
 
 @pytest.mark.parametrize(
@@ -255,17 +259,8 @@ def test_a_malformed_rig_is_a_clear_value_error(changes, message):
     ],
 )
 def test_an_asset_that_cannot_give_parts_raises_a_reason_code(changes, reason):
-    fields = dict(
-        bone_names=["a", "b", "c"],
-        bone_parents=[-1, 0, 1],
-        vertex_bone=np.array([0, 1, 2]),
-        vertex_area=np.ones(3),
-        vertex_positions=np.full((3, 3), 0.5),
-        bone_relative_motion=np.full(3, MOVING),
-    )
-    fields.update(changes)
     with pytest.raises(PartsError) as raised:
-        kinematic_parts(RigGeometry(**fields), PartRules())
+        kinematic_parts(three_bone_chain(**changes), PartRules())
     assert raised.value.reason is reason
 
 

@@ -39,6 +39,7 @@ from schemas.errors import ReasonError
 MAX_START_FAILURES = 3
 # The actor enforces each asset's deadline itself; the pool steps in only when the actor stops answering.
 ACTOR_GRACE_S = 60.0
+CLOSE_GRACE_S = 10.0  # for idle actors to end their Blender at close
 WATCHDOG_PERIOD_S = 0.5
 
 
@@ -115,11 +116,17 @@ class _RenderActor:
             self._worker.start()  # the last restart failed: try once more, or raise and be retired
         return self._worker.process(asset, clips, timeout_s), self._worker.pid or 0
 
-    @staticmethod
-    def _watch(driver: ProcessIdentity) -> None:
+    def close(self) -> None:
+        """End the Blender and remove its scratch folder (Ray's kill would leave the folder behind)."""
+        self._worker.close()
+
+    def _watch(self, driver: ProcessIdentity) -> None:
         while driver.is_alive():
             time.sleep(WATCHDOG_PERIOD_S)
-        os._exit(1)  # the driver is gone: nobody will collect this actor's work (its Blender dies with it)
+        try:
+            self._worker.close()
+        finally:
+            os._exit(1)  # the driver is gone: nobody will collect this actor's work
 
 
 @dataclass
@@ -168,6 +175,10 @@ class RenderPool:
         self.close()
 
     def close(self) -> None:
+        # Idle actors close their Blender themselves (a busy one may be hung: it is only killed).
+        closing = [slot.handle.close.remote() for slot in self._slots if slot.job is None]
+        if closing:
+            ray.wait(closing, num_returns=len(closing), timeout=CLOSE_GRACE_S)
         for slot in self._slots:
             ray.kill(slot.handle, no_restart=True)
         self._slots.clear()

@@ -317,10 +317,11 @@ def test_the_cli_refuses_bad_parameters_with_exit_status_2(capsys):
 
 
 def test_ten_builds_leave_bounded_folders(tmp_path, monkeypatch):
-    """Logs, fetch locks and Ray session folders stay bounded however many builds run:
-    at most WORKER_LOGS_KEPT older worker logs plus this build's, one lock file per cache shard
-    (256 at most), and Ray session folders only of drivers still alive."""
+    """Logs, fetch locks, Ray session and Blender scratch folders stay bounded however many builds
+    run: at most WORKER_LOGS_KEPT older worker logs plus this build's, one lock file per cache shard
+    (256 at most), and Ray session and Blender scratch folders only of processes still alive."""
     import flows.build
+    from flows.blender_process import SCRATCH_ROOT
     from flows.ray_cluster import LOCAL_TEMP_DIR
     from tests.flows.conftest import process_alive
 
@@ -338,3 +339,6 @@ def test_ten_builds_leave_bounded_folders(tmp_path, monkeypatch):
     assert len(locks) == len({p.parent for p in locks}) <= 256
     for folder in LOCAL_TEMP_DIR.iterdir() if LOCAL_TEMP_DIR.is_dir() else ():
         assert not folder.name.isdigit() or process_alive(int(folder.name)), folder
+    for folder in SCRATCH_ROOT.iterdir() if SCRATCH_ROOT.is_dir() else ():
+        owner = folder.name.split(".", 1)[0]
+        assert not owner.isdigit() or process_alive(int(owner)), folder

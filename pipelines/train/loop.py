@@ -37,6 +37,8 @@ from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.data import Sampler
 
+from models.errors import WeightsNotFoundError
+from models.image_encoder import OpenCLIPImageEncoder, frame_embeddings, load_image_encoder
 from models.losses import DiffusionObjective, training_step
 from models.sp4d import SP4DModel
 from models.unet import MultiViewUNet
@@ -83,13 +85,17 @@ def relative_degrees(angles: torch.Tensor) -> torch.Tensor:
     return degrees - degrees[:, :1]
 
 
-def model_inputs(batch: dict[str, Any], codec: LatentCodec, context_dim: int) -> dict[str, torch.Tensor]:
+def model_inputs(
+    batch: dict[str, Any], codec: LatentCodec, context_dim: int, image_encoder: OpenCLIPImageEncoder | None = None
+) -> dict[str, torch.Tensor]:
     """A dataset batch -> the inputs of :func:`models.losses.training_step`.
 
     Latents come from the batch when precomputed, else from the codec. View 0 is the input video
     (``cond_latents``); each view's first frame is its reference view (SV4D 2.0's ``cond_view``;
-    ``training_step`` masks it at random); both unscaled, as SV4D 2.0 conditions. Cameras go from
-    radians (dataset) to degrees relative to the input view (model).
+    ``training_step`` masks it at random); both unscaled, as SV4D 2.0 conditions. The image embeddings
+    are the encoder's, one per frame of the input video (the images are in every batch, precomputed
+    latents or not); without an encoder, one zero token. Cameras go from radians (dataset) to degrees
+    relative to the input view (model).
     """
     if "rgb_latents" in batch:
         rgb, parts = batch["rgb_latents"], batch["part_latents"]
@@ -102,11 +108,47 @@ def model_inputs(batch: dict[str, Any], codec: LatentCodec, context_dim: int) ->
         "cond_latents": unscaled(codec, rgb[:, 0]),
         "reference_latents": unscaled(codec, rgb[:, :, 0]),
         "part_reference_latents": unscaled(codec, parts[:, :, 0]),
-        "image_embeddings": zero_context(rgb.shape[0], context_dim, rgb.device),
+        "image_embeddings": input_embeddings(image_encoder, batch["rgb"][:, 0])
+        if image_encoder is not None
+        else zero_context(rgb.shape[0], context_dim, rgb.device),
         "elevation": relative_degrees(cameras["elevation"]),
         "azimuth": relative_degrees(cameras["azimuth"]),
         "part_masks": batch["part_ids"],
     }
+
+
+@torch.no_grad()
+def input_embeddings(encoder: OpenCLIPImageEncoder, video: torch.Tensor) -> torch.Tensor:
+    """Per-frame embeddings ``[B, F, D]`` of input videos ``[B, F, 3, H, W]`` in [-1, 1] (frozen encoder)."""
+    return frame_embeddings(encoder, video.to(encoder.device)).float()
+
+
+def conditioning_encoder(config: TrainConfig, context_dim: int) -> OpenCLIPImageEncoder | None:
+    """The run's frozen image encoder (``TrainConfig.image_encoder``, else the ``image_encoder/`` that
+    :mod:`models.convert` wrote beside ``rgb_init``'s network), or None for the tiny demo (neither set).
+    A missing encoder is an error naming the folders looked in, never a silent zero context."""
+    if config.image_encoder is not None:
+        encoder = load_image_encoder(config.image_encoder)
+    elif config.rgb_init is not None:
+        root = Path(config.rgb_init).expanduser()
+        candidates = [root / "image_encoder", root.parent / "image_encoder"]
+        found = next((c for c in candidates if (c / "config.json").is_file()), None)
+        if found is None:
+            raise WeightsNotFoundError(
+                f"rgb_init {root} has no image encoder beside it (looked in {', '.join(map(str, candidates))}). Convert "
+                "the whole checkpoint (`python -m models.convert sv4d2.safetensors --out <folder>` writes image_encoder/) "
+                "or set image_encoder to an encoder folder."
+            )
+        encoder = load_image_encoder(found)
+    else:
+        return None
+    if encoder.config.output_dim != context_dim:
+        raise RunError(
+            "bad_parameters",
+            f"the image encoder gives {encoder.config.output_dim}-dim embeddings but the network attends to "
+            f"{context_dim}-dim context (its context_dim): use the encoder converted with the network",
+        )
+    return encoder.eval().requires_grad_(False)
 
 
 def initial_model(config: TrainConfig, codec: LatentCodec) -> SP4DModel:
@@ -325,6 +367,10 @@ class _Run:
         loader = data_loader(self.dataset, config.batch_size, config.num_workers, sampler=self.sampler)
         sp4d = initial_model(config, self.codec)
         self.branch = dict(sp4d.rgb_branch.config)
+        self.image_encoder = conditioning_encoder(config, self.branch["context_dim"])
+        if self.image_encoder is not None:  # frozen: not prepared, not checkpointed (the config names it)
+            half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.accelerator.mixed_precision, torch.float32)
+            self.image_encoder.to(self.accelerator.device, half)
         checkpointing = config.gradient_checkpointing
         if checkpointing or (checkpointing is None and (config.branch_config or config.rgb_init) is not None):
             sp4d.enable_gradient_checkpointing()
@@ -405,7 +451,7 @@ class _Run:
                     progress.part_branch_started = True
                 generator = noise_generator(config.seed, progress.micro_batches, accelerator.process_index, accelerator.device)
                 with accelerator.accumulate(self.module):
-                    losses = self.module(model_inputs(batch, self.codec, context_dim), not progress.part_branch_started, generator)
+                    losses = self.module(model_inputs(batch, self.codec, context_dim, self.image_encoder), not progress.part_branch_started, generator)
                     accelerator.backward(losses["loss"])
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(self.module.parameters(), config.max_grad_norm)

@@ -80,6 +80,11 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations in the backward pass; None: on for a configured (real-size) branch"
     )
+    multi_gpu: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="with more than one GPU the flow runs `accelerate launch` with infra/accelerate/<this>.yaml: ddp "
+        "(whole model per GPU) or fsdp (weights, gradients and optimiser state sharded; no EMA)",
+    )
     mixed_precision: MixedPrecision = Field("auto", description="auto: bf16 on GPUs that have it, fp16 on other GPUs, none on CPU")
     seed: int = Field(0, ge=0)
     # bookkeeping

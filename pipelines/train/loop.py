@@ -15,6 +15,7 @@ computes the same steps as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -29,10 +30,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import (
     DistributedDataParallelKwargs,
+    DistributedType,
     ProjectConfiguration,
     set_seed,
 )
 from diffusers.optimization import get_scheduler
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import save_file
 from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.data import Sampler
@@ -314,6 +318,7 @@ class TrainReport(BaseModel):
     checkpoints: list[str] = Field(default_factory=list, description="saved by this process, oldest first")
     last_losses: dict[str, float] = Field(default_factory=dict)
     mixed_precision: str
+    processes: int = Field(1, description="training processes (GPUs) of the run")
     steps_per_s: float = 0.0
     seconds: float = 0.0
     code_version: str
@@ -335,10 +340,17 @@ class _LossMeter:
         return means
 
 
-def train(run_dir: Path, pin: DatasetPin, config: TrainConfig, hooks: TrainHooks | None = None) -> TrainReport:
-    """Train (or resume) the run in ``run_dir`` up to ``config.max_steps``; see the module docstring."""
+def train(
+    run_dir: Path, pin: DatasetPin, config: TrainConfig, hooks: TrainHooks | None = None, lock: bool = True
+) -> TrainReport:
+    """Train (or resume) the run in ``run_dir`` up to ``config.max_steps``; see the module docstring.
+
+    ``lock=False`` in the processes of a multi-process launch: their launcher holds the run's lock
+    (:mod:`pipelines.train.launch`), so that no second trainer starts while they run."""
     run_dir = Path(run_dir)
     hooks = hooks or TrainHooks()
+    if not lock:
+        return _Run(run_dir, pin, config, hooks).run()
     with RunLock(run_dir):
         return _Run(run_dir, pin, config, hooks).run()
 
@@ -380,6 +392,13 @@ class _Run:
             config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps
         )
         self.progress = Progress()
+        self.sharded = self.accelerator.distributed_type == DistributedType.FSDP
+        if self.sharded and config.ema_decay is not None:
+            raise RunError(
+                "bad_parameters",
+                "ema_decay with FSDP: each process holds a shard of the weights and an average of shards is not "
+                "implemented; set ema_decay to null or launch with infra/accelerate/ddp.yaml",
+            )
         self.module, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(module, optimizer, loader, scheduler)
         self.ema = EMAWeights(self.sp4d(), config.ema_decay) if config.ema_decay is not None else None
         self.accelerator.register_for_checkpointing(self.progress)
@@ -388,6 +407,13 @@ class _Run:
 
     # Checkpoints hold the model as a diffusers folder, loadable with SP4DModel.from_pretrained.
     def _save_model(self, models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
+        if self.sharded:
+            # accelerate saves the shards for resuming; the folder for people and from_pretrained needs
+            # the whole weights, gathered (a collective: every process is here) onto the main process.
+            state = self.accelerator.get_state_dict(models[0])
+            if self.accelerator.is_main_process:
+                save_whole_model(self.sp4d(), {k.removeprefix("model."): v for k, v in state.items()}, Path(output_dir) / MODEL_FOLDER)
+            return
         if self.accelerator.is_main_process:
             self.accelerator.unwrap_model(models[0]).model.save_pretrained(Path(output_dir) / MODEL_FOLDER)
             if self.ema is not None:
@@ -395,6 +421,8 @@ class _Run:
         weights.pop()
 
     def _load_model(self, models: list[nn.Module], input_dir: str) -> None:
+        if self.sharded:  # accelerate loaded the shards it saved
+            return
         loaded = SP4DModel.from_pretrained(Path(input_dir) / MODEL_FOLDER)
         self.accelerator.unwrap_model(models.pop()).model.load_state_dict(loaded.state_dict())
         if self.ema is not None:
@@ -420,6 +448,7 @@ class _Run:
             resumed_optimizer_digest=digest,
             final_step=self.progress.step,
             mixed_precision=accelerator.mixed_precision,
+            processes=accelerator.num_processes,
             code_version=code_version(),
         )
         accelerator.init_trackers(TRACKER_PROJECT, config=_hparams(config, self.pin))
@@ -447,7 +476,8 @@ class _Run:
             batches = accelerator.skip_first_batches(self.loader, offset) if offset else self.loader
             for batch in batches:
                 if progress.step >= config.rgb_steps and not progress.part_branch_started:
-                    start_part_branch(self.sp4d(), self.ema)
+                    with self._whole_parameters():
+                        start_part_branch(self.sp4d(), self.ema)
                     progress.part_branch_started = True
                 generator = noise_generator(config.seed, progress.micro_batches, accelerator.process_index, accelerator.device)
                 with accelerator.accumulate(self.module):
@@ -473,6 +503,15 @@ class _Run:
                 if progress.step >= config.max_steps:
                     break
         return last
+
+    def _whole_parameters(self):
+        """Under FSDP, the whole parameters on every process for the phase switch's copy (written back
+        to the shards after); otherwise nothing to do."""
+        if not self.sharded:
+            return contextlib.nullcontext()
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(self.module, writeback=True)
 
     def _reduce(self, means: dict[str, float]) -> dict[str, float]:
         values = torch.tensor(list(means.values()), device=self.accelerator.device)
@@ -515,6 +554,14 @@ class _Run:
                 self.hooks.on_checkpoint(checkpoint)
         accelerator.wait_for_everyone()
         return checkpoint
+
+
+def save_whole_model(model: SP4DModel, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """``state`` (the whole weights) as the diffusers folder ``model.save_pretrained`` writes, without
+    materialising a second model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_config(folder)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / SAFETENSORS_WEIGHTS_NAME))
 
 
 def _hparams(config: TrainConfig, pin: DatasetPin) -> dict[str, Any]:

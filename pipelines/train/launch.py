@@ -43,8 +43,8 @@ REPORT = "train-report.json"
 REQUEST = "launch.json"
 PR_SET_PDEATHSIG = 1
 LOG_TAIL = 40
-# The last line of a training process's traceback, as torchrun prefixes it: the reason to report first.
-WORKER_EXCEPTION = re.compile(r"\[rank\d+\]: [\w.]+(Error|Exception)\b")
+# The last line of a training process's traceback (torchrun may prefix it): the reason to report first.
+WORKER_EXCEPTION = re.compile(r"^(\[rank\d+\]: )?[\w.]+(Error|Exception): ")
 
 
 def launch_command(run_dir: Path, strategy: Strategy, processes: int, port: int | None = None) -> list[str]:

@@ -14,6 +14,12 @@ one, and ``D = D_u + scale * (D_c - D_u)`` with one scale per image (:func:`guid
 (frame, view) order (``LinearPredictionGuider``, sv4d2: 1 -> 2), ``"spatiotemporal"`` is
 ``SpatiotemporalPredictionGuider`` (sv4d2_8views: 1.5 -> 2.5). A scale of 1 everywhere skips the
 unconditional pass. Both SP4D branches are guided with the same scales.
+
+View 0 is the input view: the condition, not a target. Its RGB is the input video's latents, clean,
+before every network call (as in training, :func:`models.losses.with_input_view`), and the returned
+RGB of view 0 is the input as given; its part video is generated. Videos longer than ``window``
+frames are generated clip by clip, each later clip anchored on a frame generated before
+(:func:`chunk_starts`), as the script's loop over ``t0``.
 """
 
 from __future__ import annotations

@@ -412,7 +412,7 @@ class _Run:
             # the whole weights, gathered (a collective: every process is here) onto the main process.
             state = self.accelerator.get_state_dict(models[0])
             if self.accelerator.is_main_process:
-                save_whole_model(self.sp4d(), {k.removeprefix("model."): v for k, v in state.items()}, Path(output_dir) / MODEL_FOLDER)
+                save_whole_model(self.sp4d(), state, Path(output_dir) / MODEL_FOLDER)
             return
         if self.accelerator.is_main_process:
             self.accelerator.unwrap_model(models[0]).model.save_pretrained(Path(output_dir) / MODEL_FOLDER)
@@ -556,12 +556,13 @@ class _Run:
         return checkpoint
 
 
-def save_whole_model(model: SP4DModel, state: dict[str, torch.Tensor], folder: Path) -> None:
-    """``state`` (the whole weights) as the diffusers folder ``model.save_pretrained`` writes, without
-    materialising a second model."""
+def save_whole_model(model: SP4DModel, trainer_state: dict[str, torch.Tensor], folder: Path) -> None:
+    """The whole weights of a :class:`DiffusionTrainer` (``model.`` names) as the diffusers folder
+    ``model.save_pretrained`` writes, without materialising a second model."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_config(folder)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / SAFETENSORS_WEIGHTS_NAME))
+    state = {k.removeprefix("model."): v.detach().contiguous().cpu() for k, v in trainer_state.items()}
+    save_file(state, str(folder / SAFETENSORS_WEIGHTS_NAME))
 
 
 def _hparams(config: TrainConfig, pin: DatasetPin) -> dict[str, Any]:

@@ -23,8 +23,10 @@ from pipelines.train.checkpoints import (
 from pipelines.train.loop import (
     EpochSampler,
     TrainReport,
+    DiffusionTrainer,
     conditioning_encoder,
     model_inputs,
+    save_whole_model,
     noise_generator,
     read_metrics,
     state_digest,
@@ -250,3 +252,19 @@ def test_the_input_views_frames_are_embedded_by_the_configured_encoder(tmp_path)
     with pytest.raises(WeightsNotFoundError) as missing:
         conditioning_encoder(tiny_config(image_encoder=str(tmp_path / "nowhere")), context_dim=16)
     assert str(tmp_path / "nowhere") in str(missing.value)
+
+
+def test_gathered_whole_weights_save_as_a_folder_that_loads_bit_for_bit(tmp_path):
+    """What the FSDP save does with the state accelerate gathers (FSDP itself needs GPUs)."""
+    from models.losses import DiffusionObjective
+    from models.unet import MultiViewUNet
+    from tests.models.inputs import trained_like
+
+    torch.manual_seed(0)
+    model = trained_like(SP4DModel(branch_config=MultiViewUNet.tiny_config()))
+    save_whole_model(model, DiffusionTrainer(model, DiffusionObjective()).state_dict(), tmp_path / "sp4d")
+    loaded = SP4DModel.from_pretrained(tmp_path / "sp4d")
+    assert loaded.config.branch_config == json.loads(json.dumps(model.config.branch_config))  # JSON: tuples -> lists
+    expected = model.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())

@@ -81,6 +81,7 @@ def wait_for(condition, what: str, limit_s: float = 300.0) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_die_with_their_launcher_and_resume(tmp_path):
     """A real 2-process DDP launch of the tiny model: SIGKILL its launcher after the first checkpoint,
     every training process goes with it, and a new launch resumes from the newest checkpoint."""

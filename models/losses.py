@@ -236,7 +236,7 @@ def part_coverage(masks: torch.Tensor, n_parts: int, size: tuple[int, int]) -> t
     The pooling is separable, ``coverage = A_y . onehot . A_x^T`` with ``A`` the adaptive pooling
     matrices (window ``[floor(i H / h), ceil((i + 1) H / h))``, weight 1 / its length). A pixel lies in
     at most ``K_y x K_x`` windows (1 x 1 when the sizes divide), so its weight is scattered into those
-    cells of its part: memory ``O(N H W K_y K_x)`` for the indices, whatever the number of parts,
+    cells of its part: index memory ``O(N H W)`` per window pair, whatever the number of parts,
     instead of ``O(N P H W)``.
     """
     n, height, width = masks.shape

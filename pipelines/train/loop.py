@@ -481,7 +481,8 @@ class _Run:
                     progress.part_branch_started = True
                 generator = noise_generator(config.seed, progress.micro_batches, accelerator.process_index, accelerator.device)
                 with accelerator.accumulate(self.module):
-                    losses = self.module(model_inputs(batch, self.codec, context_dim, self.image_encoder), not progress.part_branch_started, generator)
+                    inputs = model_inputs(batch, self.codec, context_dim, self.image_encoder)
+                    losses = self.module(inputs, not progress.part_branch_started, generator)
                     accelerator.backward(losses["loss"])
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(self.module.parameters(), config.max_grad_norm)

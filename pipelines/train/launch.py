@@ -85,13 +85,12 @@ def launch(
         request = RunRecord(dataset=pin, config=config, code_version=code_version())
         write_atomic(run_dir / REQUEST, request.model_dump_json(indent=1))
         with subprocess.Popen(
-            command,
+            [sys.executable, "-c", EXEC_DYING_WITH_PARENT, str(os.getpid()), *command],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
             cwd=Path(__file__).resolve().parents[2],
-            preexec_fn=_die_with_parent,
         ) as process:
             assert process.stdout is not None
             causes = []
@@ -111,6 +110,18 @@ def launch(
                 + "\n".join(tail),
             )
     return TrainReport.model_validate_json(report_path.read_text())
+
+
+# Runs `argv[2:]` in place of this interpreter after asking for SIGKILL when the launcher (argv[1])
+# dies; the signal request survives exec. Not a preexec_fn: forking a process with lance's threads
+# and running Python in the child before exec can deadlock.
+EXEC_DYING_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def _die_with_parent() -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from accelerate.commands.config.config_args import load_config_from_file
 
 from models.sp4d import SP4DModel
 from pipelines.train.checkpoints import RunError, RunLock, latest_checkpoint, list_checkpoints
@@ -31,9 +31,10 @@ def test_the_command_launches_this_module_with_the_strategys_config(tmp_path):
     assert command[command.index("--num_processes") + 1] == "8"
     assert command[command.index("--main_process_port") + 1] == "29555"
     assert command[-3:] == ["-m", "pipelines.train.launch", str((tmp_path / "run").resolve())]
-    kinds = {name: yaml.safe_load(path.read_text())["distributed_type"] for name, path in ACCELERATE_CONFIGS.items()}
-    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP"}
-    fsdp = yaml.safe_load(ACCELERATE_CONFIGS["fsdp"].read_text())["fsdp_config"]
+    # Read as accelerate reads them.
+    configs = {name: load_config_from_file(str(path)) for name, path in ACCELERATE_CONFIGS.items()}
+    assert {name: c.distributed_type for name, c in configs.items()} == {"ddp": "MULTI_GPU", "fsdp": "FSDP"}
+    fsdp = configs["fsdp"].fsdp_config
     assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD" and fsdp["fsdp_use_orig_params"] is True
     for bad in (dict(strategy="zero9", processes=2), dict(strategy="ddp", processes=1)):
         with pytest.raises(RunError) as error:

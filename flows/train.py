@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -44,6 +45,7 @@ from pipelines.train.checkpoints import (
 )
 from pipelines.train.config import TrainConfig
 from pipelines.train.latents import codec_id, load_codec, precompute_latents
+from pipelines.train.launch import launch, launch_command
 from pipelines.train.loop import TrainHooks, TrainReport, read_metrics, train
 from pipelines.train.runs import RunRecord, locate_run, open_run
 
@@ -90,13 +92,20 @@ def prepare_latents(pin: DatasetPin, config: TrainConfig) -> DatasetPin:
 
 @task(name="train", cache_policy=NO_CACHE)
 def run_training(run_dir: Path, pin: DatasetPin, config: TrainConfig) -> TrainReport:
+    """In this process on one GPU or the CPU; on several GPUs, `accelerate launch` of one process per
+    GPU (pipelines.train.launch), whose output is this task's log."""
     logger = get_run_logger()
     progress = _StepProgress(config.max_steps)
 
     def on_checkpoint(checkpoint: Checkpoint) -> None:
         logger.info("checkpoint %s", checkpoint.path)
 
-    report = train(run_dir, pin, config, TrainHooks(on_log=progress.update, on_checkpoint=on_checkpoint))
+    gpus = torch.cuda.device_count()
+    if gpus > 1:
+        logger.info("%d GPUs: %s", gpus, " ".join(launch_command(run_dir, config.multi_gpu, gpus)))
+        report = launch(run_dir, pin, config, gpus, on_line=logger.info)
+    else:
+        report = train(run_dir, pin, config, TrainHooks(on_log=progress.update, on_checkpoint=on_checkpoint))
     if report.resumed_from:
         logger.info("resumed from %s (step %d)", report.resumed_from, report.start_step)
     logger.info("trained steps %d..%d at %.2f steps/s", report.start_step, report.final_step, report.steps_per_s)

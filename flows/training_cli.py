@@ -27,6 +27,13 @@ _TRAIN_FLAGS = {
     "n_views": ("--views", int, None),
     "n_frames": ("--frames", int, None),
     "vae_path": ("--vae", str, "local diffusers VAE folder (default: pixel space)"),
+    "rgb_init": ("--rgb-init", str, "converted SV4D 2.0 folder (python -m models.convert): both branches start from it"),
+    "image_encoder": (
+        "--image-encoder",
+        str,
+        "OpenCLIP image encoder folder (default: the image_encoder/ beside --rgb-init; none for the demo: zero context)",
+    ),
+    "multi_gpu": ("--multi-gpu", str, "with several GPUs: ddp (default) or fsdp (sharded; for the real size, no EMA)"),
     "mixed_precision": ("--mixed-precision", str, "auto, no, fp16 or bf16"),
     "threads": ("--threads", int, "torch CPU threads"),
     "seed": ("--seed", int, None),

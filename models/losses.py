@@ -106,6 +106,11 @@ def training_step(
     any resolution, for the contrastive loss. A bare :class:`MultiViewUNet` trains the RGB branch alone
     (SP4D's first stage). Returns ``loss`` (to backpropagate) and detached ``rgb``, ``part``,
     ``contrastive`` terms.
+
+    View 0 is the input view: the condition, not a target. Its RGB latents enter the grid clean (no
+    noise), as :class:`models.pipeline.SP4DPipeline` puts the given input there at every step, and the
+    RGB loss is over the other views only. Its part latents stay a target: the input view's parts are
+    what SP4D is asked for.
     """
     two_branches = isinstance(model, SP4DModel)
     check_batch(batch, needs_parts=two_branches)
@@ -115,7 +120,7 @@ def training_step(
     log_sigma = torch.randn(batch_size, generator=generator, device=rgb.device) * objective.p_std + objective.p_mean
     sigma = log_sigma.exp().to(rgb.dtype)
     s = sigma.reshape(batch_size, 1, 1, 1, 1, 1)
-    noisy_rgb = rgb + s * torch.randn(rgb.shape, generator=generator, device=rgb.device, dtype=rgb.dtype)
+    noisy_rgb = with_input_view(rgb + s * torch.randn(rgb.shape, generator=generator, device=rgb.device, dtype=rgb.dtype), rgb)
     keep = _keep(batch_size, objective.conditioning_dropout, generator, rgb.device)
     show_reference = keep * _keep(batch_size, objective.reference_mask_probability, generator, rgb.device)
     cond_latents, embeddings = _times(batch["cond_latents"], keep), _times(batch["image_embeddings"], keep)
@@ -127,7 +132,7 @@ def training_step(
 
     if not two_branches:
         out = model(edm.c_in(s) * noisy_rgb, edm.c_noise(sigma), *conditioning, references["reference_latents"]).sample
-        rgb_loss = F.mse_loss(out.float(), edm.target(rgb, noisy_rgb, s).float())
+        rgb_loss = F.mse_loss(out[:, 1:].float(), edm.target(rgb, noisy_rgb, s)[:, 1:].float())
         return {"loss": objective.rgb_weight * rgb_loss, "rgb": rgb_loss.detach()}
 
     part = batch["part_latents"]
@@ -138,7 +143,7 @@ def training_step(
     out = model(
         edm.c_in(s) * noisy_rgb, edm.c_in(s) * noisy_part, edm.c_noise(sigma), *conditioning, feature_layer=layer, **references
     )
-    rgb_loss = F.mse_loss(out.rgb.float(), edm.target(rgb, noisy_rgb, s).float())
+    rgb_loss = F.mse_loss(out.rgb[:, 1:].float(), edm.target(rgb, noisy_rgb, s)[:, 1:].float())
     part_loss = F.mse_loss(out.part.float(), edm.target(part, noisy_part, s).float())
     total = objective.rgb_weight * rgb_loss + objective.part_weight * part_loss
     contrastive = torch.zeros((), device=rgb.device)
@@ -148,6 +153,14 @@ def training_step(
         )
         total = total + objective.contrastive_weight * contrastive
     return {"loss": total, "rgb": rgb_loss.detach(), "part": part_loss.detach(), "contrastive": contrastive.detach()}
+
+
+def with_input_view(grid: torch.Tensor, input_latents: torch.Tensor) -> torch.Tensor:
+    """``grid`` [B, V, F, ...] with view 0 replaced by the input view's clean latents (``input_latents``
+    [B, F, ...] or the whole grid [B, V, F, ...], whose view 0 is taken)."""
+    if input_latents.ndim == grid.ndim:
+        input_latents = input_latents[:, 0]
+    return torch.cat([input_latents[:, None].to(grid.dtype), grid[:, 1:]], dim=1)
 
 
 def _keep(batch_size: int, drop_probability: float, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -169,7 +182,8 @@ def part_contrastive_loss(
 
     ``features`` [B, V, F, C, h, w]; ``part_masks`` [B, V, F, H, W] integer ids, -1 background. Each
     part id becomes an area fraction map, average-pooled to the feature resolution; a part's feature
-    in one image is the coverage-weighted mean of the features, L2-normalised. For an anchor (a part
+    in one image is the coverage-weighted mean of the features, L2-normalised (coverage from
+    :func:`part_coverage`, never a pixel-resolution one-hot tensor). For an anchor (a part
     in one view and frame) the positives are the same part in the other views and frames, the
     negatives every other part of the same sample (ids mean nothing across samples):
 
@@ -189,9 +203,7 @@ def part_contrastive_loss(
     n_parts = int(part_masks.max().item()) + 1
     if n_parts < 2:
         return features.sum() * 0.0
-    masks = part_masks.flatten(0, 2).long()  # [N, H, W]
-    onehot = F.one_hot(masks.clamp_min(0), n_parts).permute(0, 3, 1, 2).float() * (masks >= 0)[:, None]
-    coverage = F.adaptive_avg_pool2d(onehot, (height, width))  # [N, P, h, w], fraction of each feature pixel
+    coverage = part_coverage(part_masks.flatten(0, 2), n_parts, (height, width)).to(features.dtype)  # [N, P, h, w]
     area = coverage.sum(dim=(2, 3))  # [N, P] in feature pixels
     pooled = torch.einsum("npyx,ncyx->npc", coverage, features.flatten(0, 2)) / area.clamp_min(1e-8)[..., None]
     pooled = F.normalize(pooled, dim=-1).reshape(batch, views * frames * n_parts, channels)
@@ -216,6 +228,46 @@ def part_contrastive_loss(
     return torch.cat(anchor_losses).mean()
 
 
+def part_coverage(masks: torch.Tensor, n_parts: int, size: tuple[int, int]) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(one_hot(masks), size)`` without the one-hot tensor: ``masks`` [N, H, W]
+    integer part ids (-1 background) -> [N, n_parts, h, w], the fraction of each feature pixel's
+    pooling window covered by each part.
+
+    The pooling is separable, ``coverage = A_y . onehot . A_x^T`` with ``A`` the adaptive pooling
+    matrices (window ``[floor(i H / h), ceil((i + 1) H / h))``, weight 1 / its length). A pixel lies in
+    at most ``K_y x K_x`` windows (1 x 1 when the sizes divide), so its weight is scattered into those
+    cells of its part: index memory ``O(N H W)`` per window pair, whatever the number of parts,
+    instead of ``O(N P H W)``.
+    """
+    n, height, width = masks.shape
+    rows, row_weights = _pooling_windows(height, size[0], masks.device)  # [K_y, H]
+    cols, col_weights = _pooling_windows(width, size[1], masks.device)  # [K_x, W]
+    masks = masks.long()
+    inside = masks >= 0
+    base = masks.clamp_min(0) * (size[0] * size[1])  # [N, H, W]
+    coverage = torch.zeros(n, n_parts * size[0] * size[1], device=masks.device)
+    for row, row_weight in zip(rows, row_weights):
+        for col, col_weight in zip(cols, col_weights):
+            index = base + (row[:, None] * size[1] + col[None, :])
+            weight = (row_weight[:, None] * col_weight[None, :]) * inside
+            coverage.scatter_add_(1, index.flatten(1), weight.flatten(1))
+    return coverage.reshape(n, n_parts, *size)
+
+
+def _pooling_windows(size_in: int, size_out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each input position, the (up to K) output cells of adaptive average pooling that contain it
+    and its weight in each: ``cells``, ``weights`` [K, size_in] (weight 0 pads positions in fewer)."""
+    out = torch.arange(size_out, device=device)
+    starts = (out * size_in) // size_out
+    ends = -((-(out + 1) * size_in) // size_out)  # ceil
+    position = torch.arange(size_in, device=device)
+    member = (position[None, :] >= starts[:, None]) & (position[None, :] < ends[:, None])  # [out, in]
+    pooling = member / (ends - starts)[:, None]
+    k = int(member.sum(dim=0).max())
+    weights, cells = pooling.topk(k, dim=0)
+    return cells, weights
+
+
 def check_batch(batch: Batch, needs_parts: bool) -> None:
     """Raise :class:`ModelInputError` (``missing_field`` / ``bad_shape``) for a malformed batch."""
     required = ["rgb_latents", "cond_latents", "image_embeddings", "elevation", "azimuth"]
@@ -227,6 +279,10 @@ def check_batch(batch: Batch, needs_parts: bool) -> None:
     rgb = batch["rgb_latents"]
     if rgb.ndim != 6:
         raise ModelInputError("bad_shape", f"rgb_latents must be [B, V, F, C, h, w], got {tuple(rgb.shape)}")
+    if rgb.shape[1] < 2:
+        raise ModelInputError(
+            "bad_shape", f"rgb_latents has {rgb.shape[1]} view: view 0 is the input (the condition), so at least 2 are needed"
+        )
     if needs_parts and batch["part_latents"].shape != rgb.shape:
         raise ModelInputError(
             "bad_shape", f"part_latents {tuple(batch['part_latents'].shape)} differ from rgb_latents {tuple(rgb.shape)}"

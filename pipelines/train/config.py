@@ -41,6 +41,12 @@ class TrainConfig(BaseModel):
         description="a converted SV4D 2.0 folder (python -m models.convert ... --out <folder>, or its unet/): both branches "
         "start from its network and branch_config is taken from it; None: random initialisation",
     )
+    image_encoder: str | None = Field(
+        None,
+        description="the frozen OpenCLIP image encoder: a converted folder (its image_encoder/) or an encoder folder; "
+        "None: the image_encoder/ beside rgb_init's network, and without rgb_init none at all (the tiny demo: the "
+        "context is one zero token)",
+    )
     vae_path: str | None = Field(
         None, description="a local diffusers VAE folder (or pipeline folder with vae/); None: pixel space (identity codec)"
     )
@@ -73,6 +79,11 @@ class TrainConfig(BaseModel):
     )
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations in the backward pass; None: on for a configured (real-size) branch"
+    )
+    multi_gpu: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="with more than one GPU the flow runs `accelerate launch` with infra/accelerate/<this>.yaml: ddp "
+        "(whole model per GPU) or fsdp (weights, gradients and optimiser state sharded; no EMA)",
     )
     mixed_precision: MixedPrecision = Field("auto", description="auto: bf16 on GPUs that have it, fp16 on other GPUs, none on CPU")
     seed: int = Field(0, ge=0)

@@ -15,6 +15,7 @@ computes the same steps as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -29,14 +30,19 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import (
     DistributedDataParallelKwargs,
+    DistributedType,
     ProjectConfiguration,
     set_seed,
 )
 from diffusers.optimization import get_scheduler
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import save_file
 from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.data import Sampler
 
+from models.errors import WeightsNotFoundError
+from models.image_encoder import OpenCLIPImageEncoder, frame_embeddings, load_image_encoder
 from models.losses import DiffusionObjective, training_step
 from models.sp4d import SP4DModel
 from models.unet import MultiViewUNet
@@ -83,13 +89,17 @@ def relative_degrees(angles: torch.Tensor) -> torch.Tensor:
     return degrees - degrees[:, :1]
 
 
-def model_inputs(batch: dict[str, Any], codec: LatentCodec, context_dim: int) -> dict[str, torch.Tensor]:
+def model_inputs(
+    batch: dict[str, Any], codec: LatentCodec, context_dim: int, image_encoder: OpenCLIPImageEncoder | None = None
+) -> dict[str, torch.Tensor]:
     """A dataset batch -> the inputs of :func:`models.losses.training_step`.
 
     Latents come from the batch when precomputed, else from the codec. View 0 is the input video
     (``cond_latents``); each view's first frame is its reference view (SV4D 2.0's ``cond_view``;
-    ``training_step`` masks it at random); both unscaled, as SV4D 2.0 conditions. Cameras go from
-    radians (dataset) to degrees relative to the input view (model).
+    ``training_step`` masks it at random); both unscaled, as SV4D 2.0 conditions. The image embeddings
+    are the encoder's, one per frame of the input video (the images are in every batch, precomputed
+    latents or not); without an encoder, one zero token. Cameras go from radians (dataset) to degrees
+    relative to the input view (model).
     """
     if "rgb_latents" in batch:
         rgb, parts = batch["rgb_latents"], batch["part_latents"]
@@ -102,11 +112,47 @@ def model_inputs(batch: dict[str, Any], codec: LatentCodec, context_dim: int) ->
         "cond_latents": unscaled(codec, rgb[:, 0]),
         "reference_latents": unscaled(codec, rgb[:, :, 0]),
         "part_reference_latents": unscaled(codec, parts[:, :, 0]),
-        "image_embeddings": zero_context(rgb.shape[0], context_dim, rgb.device),
+        "image_embeddings": input_embeddings(image_encoder, batch["rgb"][:, 0])
+        if image_encoder is not None
+        else zero_context(rgb.shape[0], context_dim, rgb.device),
         "elevation": relative_degrees(cameras["elevation"]),
         "azimuth": relative_degrees(cameras["azimuth"]),
         "part_masks": batch["part_ids"],
     }
+
+
+@torch.no_grad()
+def input_embeddings(encoder: OpenCLIPImageEncoder, video: torch.Tensor) -> torch.Tensor:
+    """Per-frame embeddings ``[B, F, D]`` of input videos ``[B, F, 3, H, W]`` in [-1, 1] (frozen encoder)."""
+    return frame_embeddings(encoder, video.to(encoder.device)).float()
+
+
+def conditioning_encoder(config: TrainConfig, context_dim: int) -> OpenCLIPImageEncoder | None:
+    """The run's frozen image encoder (``TrainConfig.image_encoder``, else the ``image_encoder/`` that
+    :mod:`models.convert` wrote beside ``rgb_init``'s network), or None for the tiny demo (neither set).
+    A missing encoder is an error naming the folders looked in, never a silent zero context."""
+    if config.image_encoder is not None:
+        encoder = load_image_encoder(config.image_encoder)
+    elif config.rgb_init is not None:
+        root = Path(config.rgb_init).expanduser()
+        candidates = [root / "image_encoder", root.parent / "image_encoder"]
+        found = next((c for c in candidates if (c / "config.json").is_file()), None)
+        if found is None:
+            raise WeightsNotFoundError(
+                f"rgb_init {root} has no image encoder beside it (looked in {', '.join(map(str, candidates))}). Convert "
+                "the whole checkpoint (`python -m models.convert sv4d2.safetensors --out <folder>` writes image_encoder/) "
+                "or set image_encoder to an encoder folder."
+            )
+        encoder = load_image_encoder(found)
+    else:
+        return None
+    if encoder.config.output_dim != context_dim:
+        raise RunError(
+            "bad_parameters",
+            f"the image encoder gives {encoder.config.output_dim}-dim embeddings but the network attends to "
+            f"{context_dim}-dim context (its context_dim): use the encoder converted with the network",
+        )
+    return encoder.eval().requires_grad_(False)
 
 
 def initial_model(config: TrainConfig, codec: LatentCodec) -> SP4DModel:
@@ -272,6 +318,7 @@ class TrainReport(BaseModel):
     checkpoints: list[str] = Field(default_factory=list, description="saved by this process, oldest first")
     last_losses: dict[str, float] = Field(default_factory=dict)
     mixed_precision: str
+    processes: int = Field(1, description="training processes (GPUs) of the run")
     steps_per_s: float = 0.0
     seconds: float = 0.0
     code_version: str
@@ -293,10 +340,17 @@ class _LossMeter:
         return means
 
 
-def train(run_dir: Path, pin: DatasetPin, config: TrainConfig, hooks: TrainHooks | None = None) -> TrainReport:
-    """Train (or resume) the run in ``run_dir`` up to ``config.max_steps``; see the module docstring."""
+def train(
+    run_dir: Path, pin: DatasetPin, config: TrainConfig, hooks: TrainHooks | None = None, lock: bool = True
+) -> TrainReport:
+    """Train (or resume) the run in ``run_dir`` up to ``config.max_steps``; see the module docstring.
+
+    ``lock=False`` in the processes of a multi-process launch: their launcher holds the run's lock
+    (:mod:`pipelines.train.launch`), so that no second trainer starts while they run."""
     run_dir = Path(run_dir)
     hooks = hooks or TrainHooks()
+    if not lock:
+        return _Run(run_dir, pin, config, hooks).run()
     with RunLock(run_dir):
         return _Run(run_dir, pin, config, hooks).run()
 
@@ -325,6 +379,10 @@ class _Run:
         loader = data_loader(self.dataset, config.batch_size, config.num_workers, sampler=self.sampler)
         sp4d = initial_model(config, self.codec)
         self.branch = dict(sp4d.rgb_branch.config)
+        self.image_encoder = conditioning_encoder(config, self.branch["context_dim"])
+        if self.image_encoder is not None:  # frozen: not prepared, not checkpointed (the config names it)
+            half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.accelerator.mixed_precision, torch.float32)
+            self.image_encoder.to(self.accelerator.device, half)
         checkpointing = config.gradient_checkpointing
         if checkpointing or (checkpointing is None and (config.branch_config or config.rgb_init) is not None):
             sp4d.enable_gradient_checkpointing()
@@ -334,6 +392,13 @@ class _Run:
             config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps
         )
         self.progress = Progress()
+        self.sharded = self.accelerator.distributed_type == DistributedType.FSDP
+        if self.sharded and config.ema_decay is not None:
+            raise RunError(
+                "bad_parameters",
+                "ema_decay with FSDP: each process holds a shard of the weights and an average of shards is not "
+                "implemented; set ema_decay to null or launch with infra/accelerate/ddp.yaml",
+            )
         self.module, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(module, optimizer, loader, scheduler)
         self.ema = EMAWeights(self.sp4d(), config.ema_decay) if config.ema_decay is not None else None
         self.accelerator.register_for_checkpointing(self.progress)
@@ -342,6 +407,13 @@ class _Run:
 
     # Checkpoints hold the model as a diffusers folder, loadable with SP4DModel.from_pretrained.
     def _save_model(self, models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
+        if self.sharded:
+            # accelerate saves the shards for resuming; the folder for people and from_pretrained needs
+            # the whole weights, gathered (a collective: every process is here) onto the main process.
+            state = self.accelerator.get_state_dict(models[0])
+            if self.accelerator.is_main_process:
+                save_whole_model(self.sp4d(), state, Path(output_dir) / MODEL_FOLDER)
+            return
         if self.accelerator.is_main_process:
             self.accelerator.unwrap_model(models[0]).model.save_pretrained(Path(output_dir) / MODEL_FOLDER)
             if self.ema is not None:
@@ -349,6 +421,8 @@ class _Run:
         weights.pop()
 
     def _load_model(self, models: list[nn.Module], input_dir: str) -> None:
+        if self.sharded:  # accelerate loaded the shards it saved
+            return
         loaded = SP4DModel.from_pretrained(Path(input_dir) / MODEL_FOLDER)
         self.accelerator.unwrap_model(models.pop()).model.load_state_dict(loaded.state_dict())
         if self.ema is not None:
@@ -374,6 +448,7 @@ class _Run:
             resumed_optimizer_digest=digest,
             final_step=self.progress.step,
             mixed_precision=accelerator.mixed_precision,
+            processes=accelerator.num_processes,
             code_version=code_version(),
         )
         accelerator.init_trackers(TRACKER_PROJECT, config=_hparams(config, self.pin))
@@ -401,11 +476,13 @@ class _Run:
             batches = accelerator.skip_first_batches(self.loader, offset) if offset else self.loader
             for batch in batches:
                 if progress.step >= config.rgb_steps and not progress.part_branch_started:
-                    start_part_branch(self.sp4d(), self.ema)
+                    with self._whole_parameters():
+                        start_part_branch(self.sp4d(), self.ema)
                     progress.part_branch_started = True
                 generator = noise_generator(config.seed, progress.micro_batches, accelerator.process_index, accelerator.device)
                 with accelerator.accumulate(self.module):
-                    losses = self.module(model_inputs(batch, self.codec, context_dim), not progress.part_branch_started, generator)
+                    inputs = model_inputs(batch, self.codec, context_dim, self.image_encoder)
+                    losses = self.module(inputs, not progress.part_branch_started, generator)
                     accelerator.backward(losses["loss"])
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(self.module.parameters(), config.max_grad_norm)
@@ -427,6 +504,15 @@ class _Run:
                 if progress.step >= config.max_steps:
                     break
         return last
+
+    def _whole_parameters(self):
+        """Under FSDP, the whole parameters on every process for the phase switch's copy (written back
+        to the shards after); otherwise nothing to do."""
+        if not self.sharded:
+            return contextlib.nullcontext()
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(self.module, writeback=True)
 
     def _reduce(self, means: dict[str, float]) -> dict[str, float]:
         values = torch.tensor(list(means.values()), device=self.accelerator.device)
@@ -469,6 +555,15 @@ class _Run:
                 self.hooks.on_checkpoint(checkpoint)
         accelerator.wait_for_everyone()
         return checkpoint
+
+
+def save_whole_model(model: SP4DModel, trainer_state: dict[str, torch.Tensor], folder: Path) -> None:
+    """The whole weights of a :class:`DiffusionTrainer` (``model.`` names) as the diffusers folder
+    ``model.save_pretrained`` writes, without materialising a second model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_config(folder)
+    state = {k.removeprefix("model."): v.detach().contiguous().cpu() for k, v in trainer_state.items()}
+    save_file(state, str(folder / SAFETENSORS_WEIGHTS_NAME))
 
 
 def _hparams(config: TrainConfig, pin: DatasetPin) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import EDMEulerScheduler
 
 from models.errors import ModelInputError
@@ -13,6 +14,7 @@ from models.losses import (
     DiffusionObjective,
     EDMPreconditioning,
     part_contrastive_loss,
+    part_coverage,
     training_step,
 )
 from models.sp4d import SP4DModel
@@ -228,3 +230,96 @@ def test_conditioning_dropout_trains_the_unconditional_model():
     masked_refs = batch | {"reference_latents": torch.zeros(2, 2, 4, 8, 8)}
     refs_off = dict(conditioning_dropout=0.0, reference_mask_probability=1.0)
     assert torch.equal(loss(batch, **refs_off), loss(masked_refs, **never))
+
+
+def one_hot_coverage(masks: torch.Tensor, n_parts: int, size: tuple[int, int]) -> torch.Tensor:
+    """The previous formulation: a pixel-resolution one-hot tensor, average-pooled to the features."""
+    onehot = F.one_hot(masks.clamp_min(0), n_parts).permute(0, 3, 1, 2).float() * (masks >= 0)[:, None]
+    return F.adaptive_avg_pool2d(onehot, size)
+
+
+@pytest.mark.parametrize(
+    "mask_size, feature_size",
+    [((8, 8), (4, 4)), ((16, 12), (5, 3)), ((7, 9), (3, 4)), ((3, 4), (7, 9)), ((6, 6), (6, 6))],
+)
+def test_coverage_without_one_hot_equals_the_pooled_one_hot(mask_size, feature_size):
+    """Divisible, non-divisible (overlapping windows) and upsampling sizes, background included."""
+    g = torch.Generator().manual_seed(sum(mask_size + feature_size))
+    masks = torch.randint(-1, 5, (3, *mask_size), generator=g)
+    torch.testing.assert_close(part_coverage(masks, 5, feature_size), one_hot_coverage(masks, 5, feature_size), rtol=0, atol=1e-6)
+
+
+def test_contrastive_loss_and_its_gradient_equal_the_one_hot_formulation():
+    """The loss as it was computed before (one-hot masks pooled by adaptive_avg_pool2d), written out
+    here, against part_contrastive_loss on the same input: values and gradients."""
+    g = torch.Generator().manual_seed(4)
+    masks = torch.randint(-1, 4, (2, 2, 3, 12, 12), generator=g)
+    features = torch.randn(2, 2, 3, 8, 5, 5, generator=g)
+
+    def one_hot_loss(feats: torch.Tensor, temperature: float = 0.1, min_coverage: float = 0.5) -> torch.Tensor:
+        batch, views, frames, channels, h, w = feats.shape
+        coverage = one_hot_coverage(masks.flatten(0, 2), 4, (h, w))
+        area = coverage.sum(dim=(2, 3))
+        pooled = torch.einsum("npyx,ncyx->npc", coverage, feats.flatten(0, 2)) / area.clamp_min(1e-8)[..., None]
+        pooled = F.normalize(pooled, dim=-1).reshape(batch, -1, channels)
+        present = (area >= min_coverage).reshape(batch, -1)
+        ids = torch.arange(4).repeat(views * frames)
+        losses = []
+        for b in range(batch):
+            z, part_id = pooled[b][present[b]], ids[present[b]]
+            logits = z @ z.T / temperature
+            not_self = ~torch.eye(len(z), dtype=torch.bool)
+            positive = (part_id[:, None] == part_id[None, :]) & not_self
+            valid = positive.any(dim=1) & (part_id[:, None] != part_id[None, :]).any(dim=1)
+            log_prob = logits - torch.logsumexp(logits.masked_fill(~not_self, -math.inf), dim=1, keepdim=True)
+            losses.append(-((log_prob * positive).sum(dim=1) / positive.sum(dim=1).clamp_min(1))[valid])
+        return torch.cat(losses).mean()
+
+    mine, theirs = features.clone().requires_grad_(), features.clone().requires_grad_()
+    loss, expected = part_contrastive_loss(mine, masks, 0.1), one_hot_loss(theirs)
+    loss.backward()
+    expected.backward()
+    assert loss.item() > 0
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_input_view_is_a_condition_not_an_rgb_target():
+    """View 0's RGB latents enter the network clean (c_in * latents, no noise) and the RGB loss ignores
+    the network's output there; the other views are noised and scored."""
+    from tests.models.inputs import trained_like
+
+    torch.manual_seed(0)
+    unet = trained_like(MultiViewUNet(**MultiViewUNet.tiny_config())).eval()
+    batch = latent_batch(with_masks=False)
+    seen = []
+    unet.conv_in.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    shift = {}
+
+    def shifted_output(module, args, kwargs, out):
+        for view, amount in shift.items():
+            out.sample[:, view] += amount
+        return out
+
+    unet.register_forward_hook(shifted_output, with_kwargs=True)
+
+    def rgb_loss(shifts: dict[int, float]):
+        shift.clear()
+        shift.update(shifts)
+        with torch.no_grad():
+            return training_step(unet, batch, DiffusionObjective(), torch.Generator().manual_seed(3))["rgb"]
+
+    base = rgb_loss({})
+    # training_step's first draw from the generator is ln(sigma) ~ N(p_mean, p_std^2), one per sample.
+    objective = DiffusionObjective()
+    sigma = (torch.randn(2, generator=torch.Generator().manual_seed(3)) * objective.p_std + objective.p_mean).exp()
+    c_in = EDMPreconditioning().c_in(sigma).reshape(2, 1, 1, 1, 1)
+    grid = seen[0].reshape(2, 2, 2, 8, 8, 8)  # images flat in (batch, frame, view) order; noisy then cond channels
+    torch.testing.assert_close(grid[:, :, 0, :4], c_in * batch["rgb_latents"][:, 0])
+    assert not torch.allclose(grid[:, :, 1, :4], c_in * batch["rgb_latents"][:, 1], atol=1e-2)
+    assert torch.equal(rgb_loss({0: 100.0}), base)  # view 0's output is not scored
+    assert not torch.equal(rgb_loss({1: 100.0}), base)
+    one_view = batch | {"rgb_latents": batch["rgb_latents"][:, :1], "elevation": batch["elevation"][:, :1]}
+    with pytest.raises(ModelInputError) as error:
+        training_step(unet, one_view | {"azimuth": batch["azimuth"][:, :1]})
+    assert error.value.reason == "bad_shape" and "input" in str(error.value)

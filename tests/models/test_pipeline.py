@@ -8,7 +8,8 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
 
 from models.errors import ModelInputError
-from models.pipeline import SP4DPipeline, guidance_scales, karras_sigmas
+from models.image_encoder import OpenCLIPImageEncoder, frame_embeddings
+from models.pipeline import SP4DPipeline, chunk_starts, guidance_scales, karras_sigmas
 from models.sp4d import SP4DModel
 from models.unet import MultiViewUNet
 from models.vae import (
@@ -137,3 +138,97 @@ def test_karras_sigmas_match_the_reference_discretization():
     assert len(sigmas) == 51 and sigmas[-1] == 0
     assert torch.isclose(sigmas[0], torch.tensor(700.0)) and torch.isclose(sigmas[-2], torch.tensor(0.002))
     assert (sigmas[:-1] > sigmas[1:]).all()
+
+
+def script_starts(frames: int, window: int, variant: str) -> list[int]:
+    """``t0_list`` of simple_video_sample_4d2.py (generative-models 08c19d0), with its clamp."""
+    starts = range(0, frames, window) if variant == "sv4d2" else range(0, frames - window + 1, window - 1)
+    return [min(t0, frames - window) for t0 in starts]
+
+
+def covers_from_generated_anchors(frames: int, window: int, starts: list[int]) -> bool:
+    done = set()
+    for index, t0 in enumerate(starts):
+        if index > 0 and t0 not in done:
+            return False
+        done.update(range(t0, t0 + window))
+    return done == set(range(frames))
+
+
+@pytest.mark.parametrize("window", [2, 3, 5, 12])
+def test_clips_start_where_the_sampling_script_starts_them(window):
+    for frames in range(window, 40):
+        starts = chunk_starts(frames, window)
+        assert covers_from_generated_anchors(frames, window, starts), (frames, starts)
+        for variant in ("sv4d2", "sv4d2_8views"):
+            script = script_starts(frames, window, variant)
+            if covers_from_generated_anchors(frames, window, script):
+                assert starts == script, (frames, variant, starts, script)
+    # The script's defaults: 21 input frames, sv4d2 (T = 12) and sv4d2_8views (T = 5).
+    assert chunk_starts(21, 12) == [0, 9] and chunk_starts(21, 5) == [0, 4, 8, 12, 16]
+    with pytest.raises(ModelInputError):
+        chunk_starts(8, 1)
+
+
+def pixel_pipeline(seed: int = 3, **kwargs) -> SP4DPipeline:
+    torch.manual_seed(seed)
+    config = MultiViewUNet.tiny_config(in_channels=6, out_channels=3, reference_channels=3)
+    model = trained_like(SP4DModel(branch_config=config), seed=seed).eval()
+    return SP4DPipeline(model, PixelCodec(), sigma_max=80.0, **kwargs)
+
+
+def test_a_long_video_is_generated_in_clips_anchored_on_generated_frames():
+    """5 frames in clips of 3 (starts 0 and 2): the first clip is the one-clip sample of frames 0-2
+    without reference views; the second is anchored on frame 2 of every view as the first generated
+    it (the input frame for view 0), and its frames replace frames 2-4."""
+    pipe = pixel_pipeline()
+    ids = block_part_ids(3, 5, 16, n_parts=3)
+    rgb, _ = block_videos(ids, block_palette(3))
+    video = rgb[:1]
+    elevation, azimuth = torch.full((1, 3), 5.0), torch.tensor([[0.0, 120.0, 240.0]])
+    calls = []
+    forward = pipe.model.forward
+
+    def spy(*args, **kwargs):
+        calls.append((args[0].shape[2], kwargs["reference_latents"], kwargs["part_reference_latents"]))
+        return forward(*args, **kwargs)
+
+    pipe.model.forward = spy
+    chunked = pipe(video, elevation, azimuth, num_inference_steps=2, generator=torch.Generator().manual_seed(0), window=3)
+    assert [frames for frames, _, _ in calls] == [3] * 4
+    assert all(ref is None and part_ref is None for _, ref, part_ref in calls[:2])
+    first = pipe(video[:, :3], elevation, azimuth, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(chunked.rgb[:, :, :2], first.rgb[:, :, :2]) and np.array_equal(chunked.parts[:, :, :2], first.parts[:, :, :2])
+    assert not np.array_equal(chunked.parts[:, :, 2], first.parts[:, :, 2])  # frame 2 generated again
+    _, reference, part_reference = calls[2]
+    # The anchors are the first clip's decoded floats; `first` holds them rounded to 8 bits.
+    torch.testing.assert_close(reference, to_model_range(first.rgb[:, :, 2]), rtol=0, atol=0.5 / 127.5 + 1e-6)
+    torch.testing.assert_close(part_reference, to_model_range(first.parts[:, :, 2]), rtol=0, atol=0.5 / 127.5 + 1e-6)
+    assert torch.equal(reference[:, 0], to_model_range(video[:, 2]))
+    assert np.array_equal(chunked.rgb[:, 0], video)  # the input view, as given
+
+
+def test_the_input_view_is_returned_as_given_and_its_parts_are_generated():
+    pipe = pixel_pipeline()
+    video, elevation, azimuth, _ = video_and_cameras(views=3)
+    out = pipe(video, elevation, azimuth, num_inference_steps=2, generator=torch.Generator().manual_seed(1))
+    assert out.rgb.shape == (1, 3, 2, 16, 16, 3) and np.array_equal(out.rgb[:, 0], video)
+    assert not np.array_equal(out.rgb[:, 1], video) and out.parts[:, 0].any()
+
+
+def test_embeddings_come_from_the_image_encoder_or_a_documented_zero_context():
+    torch.manual_seed(0)
+    encoder = OpenCLIPImageEncoder(**OpenCLIPImageEncoder.tiny_config()).eval()
+    with_encoder, without = pixel_pipeline(image_encoder=encoder), pixel_pipeline()
+    video, elevation, azimuth, _ = video_and_cameras(views=2)
+    embeddings = frame_embeddings(encoder, to_model_range(video))
+    assert embeddings.shape == (1, 2, 16) and embeddings.abs().sum() > 0
+
+    def sample(pipe, *given):
+        return pipe(video, elevation, azimuth, *given, num_inference_steps=2, generator=torch.Generator().manual_seed(2))
+
+    encoded, explicit = sample(with_encoder), sample(without, embeddings)
+    assert np.array_equal(encoded.rgb, explicit.rgb) and np.array_equal(encoded.parts, explicit.parts)
+    zero, explicit_zero = sample(without), sample(without, torch.zeros(1, 1, 16))
+    assert np.array_equal(zero.parts, explicit_zero.parts)
+    assert not np.array_equal(zero.parts, encoded.parts)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.vae import PixelCodec
 from pipelines.train.checkpoints import (
     RunError,
     RunLock,
@@ -22,11 +23,17 @@ from pipelines.train.checkpoints import (
 from pipelines.train.loop import (
     EpochSampler,
     TrainReport,
+    DiffusionTrainer,
+    conditioning_encoder,
+    model_inputs,
+    save_whole_model,
     noise_generator,
     read_metrics,
     state_digest,
     train,
 )
+from models.errors import WeightsNotFoundError
+from models.image_encoder import OpenCLIPImageEncoder, frame_embeddings
 from models.sp4d import SP4DModel
 from pipelines.train.runs import open_run, pin_dataset
 from pipelines.version import code_version
@@ -205,6 +212,10 @@ def test_a_run_starts_both_branches_from_the_converted_network(tmp_path, lance):
     torch.manual_seed(0)
     rgb = trained_like(MultiViewUNet(**MultiViewUNet.tiny_config(in_channels=6, out_channels=3, reference_channels=3)))
     rgb.save_pretrained(tmp_path / "converted" / "unet")
+    with pytest.raises(WeightsNotFoundError) as no_encoder:
+        start(tmp_path / "no-encoder", lance, rgb_init=str(tmp_path / "converted"), max_steps=1, ema_decay=None)
+    assert str(tmp_path / "converted" / "image_encoder") in str(no_encoder.value)
+    OpenCLIPImageEncoder(**OpenCLIPImageEncoder.tiny_config()).save_pretrained(tmp_path / "converted" / "image_encoder")
     report = start(tmp_path / "run", lance, rgb_init=str(tmp_path / "converted"), max_steps=1, learning_rate=1e-12,
                    warmup_steps=0, ema_decay=None)
     assert report.final_step == 1
@@ -214,3 +225,46 @@ def test_a_run_starts_both_branches_from_the_converted_network(tmp_path, lance):
         ours = branch(trained, prefix)
         assert ours.keys() == expected.keys()
         assert all(torch.allclose(ours[k], expected[k], atol=1e-6) for k in expected)
+
+
+def test_the_input_views_frames_are_embedded_by_the_configured_encoder(tmp_path):
+    torch.manual_seed(0)
+    OpenCLIPImageEncoder(**OpenCLIPImageEncoder.tiny_config()).save_pretrained(tmp_path / "clip")
+    encoder = conditioning_encoder(tiny_config(image_encoder=str(tmp_path / "clip")), context_dim=16)
+    g = torch.Generator().manual_seed(1)
+    rgb = torch.rand(2, 2, 3, 3, 16, 16, generator=g) * 2 - 1  # [B, V, F, 3, H, W]
+    batch = {
+        "rgb": rgb,
+        "parts": rgb.flip(-1),
+        "cameras": {"elevation": torch.zeros(2, 2), "azimuth": torch.tensor([[0.0, 1.0], [0.5, 2.0]])},
+        "part_ids": torch.zeros(2, 2, 3, 16, 16, dtype=torch.long),
+    }
+    inputs = model_inputs(batch, PixelCodec(), 16, encoder)
+    assert inputs["image_embeddings"].shape == (2, 3, 16)
+    torch.testing.assert_close(inputs["image_embeddings"], frame_embeddings(encoder, rgb[:, 0]))
+    assert not torch.allclose(inputs["image_embeddings"][:, 0], inputs["image_embeddings"][:, 1])
+    # No encoder configured (the tiny demo): one zero token, documented as the unconditional context.
+    assert conditioning_encoder(tiny_config(), context_dim=16) is None
+    assert not model_inputs(batch, PixelCodec(), 16)["image_embeddings"].any()
+    with pytest.raises(RunError) as wrong_size:
+        conditioning_encoder(tiny_config(image_encoder=str(tmp_path / "clip")), context_dim=32)
+    assert wrong_size.value.reason == "bad_parameters"
+    with pytest.raises(WeightsNotFoundError) as missing:
+        conditioning_encoder(tiny_config(image_encoder=str(tmp_path / "nowhere")), context_dim=16)
+    assert str(tmp_path / "nowhere") in str(missing.value)
+
+
+def test_gathered_whole_weights_save_as_a_folder_that_loads_bit_for_bit(tmp_path):
+    """What the FSDP save does with the state accelerate gathers (FSDP itself needs GPUs)."""
+    from models.losses import DiffusionObjective
+    from models.unet import MultiViewUNet
+    from tests.models.inputs import trained_like
+
+    torch.manual_seed(0)
+    model = trained_like(SP4DModel(branch_config=MultiViewUNet.tiny_config()))
+    save_whole_model(model, DiffusionTrainer(model, DiffusionObjective()).state_dict(), tmp_path / "sp4d")
+    loaded = SP4DModel.from_pretrained(tmp_path / "sp4d")
+    assert loaded.config.branch_config == json.loads(json.dumps(model.config.branch_config))  # JSON: tuples -> lists
+    expected = model.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())

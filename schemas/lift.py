@@ -20,7 +20,7 @@ class RigSummary(BaseModel):
     n_frames: int
     bone_names: list[str] = Field(description="per bone, the names of the parts it moves joined with '+'")
     bone_parents: list[int] = Field(description="per bone, its parent bone (-1: the root)")
-    unseen_parts: list[str] = Field(default_factory=list, description="parts no view showed on the carved surface")
+    unseen_parts: list[str] = Field(default_factory=list, description="parts no vertex of the carved surface carries (no view showed them on it): left without a bone")
     merged_parts: list[list[str]] = Field(default_factory=list, description="parts merged because they moved rigidly together")
     mean_confidence: float = Field(description="mean share of a vertex's votes that went to its part (0 unseen)")
     seconds: float = 0.0

@@ -41,7 +41,7 @@ class LiftedRig:
             n_frames=len(self.motion),
             bone_names=self.skeleton.names,
             bone_parents=[int(p) for p in self.skeleton.parents],
-            unseen_parts=[names[p] for p in self.labels.unseen],
+            unseen_parts=[names[p] for p in np.flatnonzero(self.skeleton.part_bone < 0)],
             merged_parts=[[names[p] for p in group] for group in self.skeleton.merged],
             mean_confidence=float(self.labels.confidence.mean()),
             seconds=self.seconds,

@@ -5,8 +5,9 @@
 - Adjacent groups meet along a boundary (mesh edges whose ends lie in different groups); the joint of
   a child group is the centroid of the boundary with its parent, refined with motion as the point that
   moves least between the two (least squares over frames, pulled towards the boundary centroid).
-- The tree is a maximum spanning tree of the adjacency (weighted by boundary length) rooted at the
-  largest group, whose joint is its centroid; a group that touches no other (an isolated piece) gets a
+- The tree is a maximum spanning tree of the adjacency rooted at the largest group; an edge weighs its
+  boundary length, divided, with motion, by how far the two groups' motions pull the boundary centroid
+  apart (a forearm resting against the torso touches it but slides along it), whose joint is its centroid; a group that touches no other (an isolated piece) gets a
   single bone at its centroid under the root.
 - A bone's tail is the mean of its children's joints, or for a leaf the part's furthest extent along
   the direction from its joint to its centroid.
@@ -21,7 +22,8 @@ import numpy as np
 from pipelines.lift.animate import apply
 from pipelines.lift.mesh import Mesh
 
-RIGID_MOTION = 0.01  # normalised units: a child closer than this to rigid with its parent is merged
+RIGID_MOTION = 0.003  # normalised units, about the ICP noise at 64 px: a child this close to rigid with its parent is merged
+SLIP_FLOOR = 0.01  # normalised units: slips below this count as a hinge (noise), in the tree's edge scores
 JOINT_PRIOR = 1e-2  # weight of the boundary centroid against the motion in joint refinement
 
 
@@ -55,7 +57,11 @@ def build_skeleton(
     boundary_size, boundary_centre = _boundaries(mesh, vertex_group)
 
     root = int(present[np.argmax(count[present])])
-    parent_of, order = _spanning_tree(root, present, boundary_size)
+    score = dict(boundary_size)
+    if motion is not None and len(motion) > 1:
+        # a true articulation keeps its boundary together; a limb that merely touches the body slides on it
+        score = {pair: size / (_slip(motion, *pair, boundary_centre[pair]) + SLIP_FLOOR) for pair, size in boundary_size.items()}
+    parent_of, order = _spanning_tree(root, present, score)
     bone_of_group = {g: i for i, g in enumerate(order)}
     joints = np.zeros((len(order), 3))
     for g in order:
@@ -112,8 +118,14 @@ def _boundaries(mesh: Mesh, vertex_label: np.ndarray) -> tuple[dict, dict]:
     return size, centre
 
 
+def _slip(motion: np.ndarray, a: int, b: int, point: np.ndarray) -> float:
+    """Mean distance over the later frames between ``point`` carried by part ``a`` and by part ``b``."""
+    return float(np.mean([np.linalg.norm(apply(motion[f, a], point[None]) - apply(motion[f, b], point[None]))
+                          for f in range(1, len(motion))]))
+
+
 def _spanning_tree(root: int, present: np.ndarray, boundary_size: dict) -> tuple[dict, list[int]]:
-    """Prim's maximum spanning tree over boundary sizes; unreachable groups hang from the root."""
+    """Prim's maximum spanning tree over edge scores; unreachable groups hang from the root."""
     parent_of, order, reached = {root: root}, [root], {root}
     while True:
         best = None

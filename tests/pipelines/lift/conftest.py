@@ -45,3 +45,18 @@ def procedural(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int],
         return cache[(kind, seed)]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def lifted(procedural):
+    """``lift`` of a procedural render, once per session (tests only read it)."""
+    from pipelines.lift.rig import lift
+
+    cache: dict = {}
+
+    def get(kind: str, seed: int, naive: bool = False):
+        if (kind, seed, naive) not in cache:
+            cache[(kind, seed, naive)] = lift(procedural(kind, seed)[0], naive=naive)
+        return cache[(kind, seed, naive)]
+
+    return get

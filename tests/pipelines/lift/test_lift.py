@@ -23,9 +23,9 @@ def lifted_tree(rig) -> set[frozenset]:
 
 
 @pytest.mark.parametrize("kind, seed", [("arm", 0), ("biped", 0)])
-def test_skeleton_has_one_joint_per_part_and_the_true_tree(procedural, kind: str, seed: int) -> None:
+def test_skeleton_has_one_joint_per_part_and_the_true_tree(procedural, lifted, kind: str, seed: int) -> None:
     views, truth = procedural(kind, seed)
-    rig = lift(views)
+    rig = lifted(kind, seed)
     assert len(rig.skeleton.joints) == views.n_parts == len(truth.joints)
     assert rig.skeleton.merged == [] and rig.summary().unseen_parts == []
     assert lifted_tree(rig) == tree_edges(truth.parents)
@@ -33,9 +33,8 @@ def test_skeleton_has_one_joint_per_part_and_the_true_tree(procedural, kind: str
     assert parents[0] == -1 and all(0 <= p < b for b, p in enumerate(parents) if b)  # one root, parents first
 
 
-def test_harmonic_weights_sum_to_one_and_are_smooth(procedural) -> None:
-    views, _ = procedural("biped", 0)
-    rig = lift(views)
+def test_harmonic_weights_sum_to_one_and_are_smooth(lifted) -> None:
+    rig = lifted("biped", 0)
     a, b = rig.mesh.edges.T
     np.testing.assert_allclose(rig.weights.sum(axis=1), 1.0, atol=1e-9)
     assert rig.weights.min() >= 0 and (rig.weights > 0).sum(axis=1).max() <= 4
@@ -58,9 +57,9 @@ def test_a_part_no_view_shows_is_reported_not_guessed(procedural) -> None:
     assert not np.any(rig.labels.labels == hidden)
 
 
-def test_lift_is_closer_to_the_true_chain_than_the_naive_baseline(procedural) -> None:
-    views, truth = procedural("arm", 0)
-    ours, naive = rig_metrics(lift(views), truth), rig_metrics(lift(views, naive=True), truth)
+def test_lift_is_closer_to_the_true_chain_than_the_naive_baseline(procedural, lifted) -> None:
+    truth = procedural("arm", 0)[1]
+    ours, naive = rig_metrics(lifted("arm", 0), truth), rig_metrics(lifted("arm", 0, naive=True), truth)
     assert ours.miou > 0.8 and ours.miou == naive.miou  # same votes on the same mesh
     assert ours.cd_j2j < naive.cd_j2j  # joints at boundaries beat joints at centroids
     assert ours.skin_recall > naive.skin_recall and naive.skin_precision > ours.skin_precision

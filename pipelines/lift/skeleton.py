@@ -5,10 +5,11 @@
 - Adjacent groups meet along a boundary (mesh edges whose ends lie in different groups); the joint of
   a child group is the centroid of the boundary with its parent, refined with motion as the point that
   moves least between the two (least squares over frames, pulled towards the boundary centroid).
-- The tree is a maximum spanning tree of the adjacency rooted at the largest group; an edge weighs its
+- The tree is a maximum spanning tree of the adjacency rooted at the largest group. An edge weighs its
   boundary length, divided, with motion, by how far the two groups' motions pull the boundary centroid
-  apart (a forearm resting against the torso touches it but slides along it), whose joint is its centroid; a group that touches no other (an isolated piece) gets a
-  single bone at its centroid under the root.
+  apart (a forearm resting against the torso touches it but slides along it). The root's joint is its
+  centroid, or its free end when it has a single child (the base of a chain). A group that touches no
+  other (an isolated piece) gets a single bone at its centroid under the root.
 - A bone's tail is the mean of its children's joints, or for a leaf the part's furthest extent along
   the direction from its joint to its centroid.
 """
@@ -71,6 +72,8 @@ def build_skeleton(
             # a group is named by its first part, whose motion stands for the group's
             joints[bone_of_group[g]] = _least_moving_point(motion, parent_of[g], g, joints[bone_of_group[g]])
     parents = np.array([bone_of_group[parent_of[g]] if g != root else -1 for g in order], np.int64)
+    if np.sum(parents == 0) == 1:  # a root at the end of a chain: its joint is its free end, as a leaf's tail
+        joints[0] = _far_end(mesh.vertices[vertex_group == root], joints[np.flatnonzero(parents == 0)[0]])
     tails = np.zeros_like(joints)
     for b, g in enumerate(order):
         children = np.flatnonzero(parents == b)

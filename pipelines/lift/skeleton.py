@@ -25,7 +25,7 @@ from pipelines.lift.mesh import Mesh
 
 RIGID_MOTION = 0.003  # normalised units, about the ICP noise at 64 px: a child this close to rigid with its parent is merged
 SLIP_FLOOR = 0.01  # normalised units: slips below this count as a hinge (noise), in the tree's edge scores
-JOINT_PRIOR = 1e-2  # weight of the boundary centroid against the motion in joint refinement
+JOINT_PRIOR = 1.0  # weight of the boundary centroid against the motion in joint refinement (docs/lifting.md)
 
 
 @dataclass

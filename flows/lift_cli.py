@@ -26,6 +26,9 @@ def add_lift_commands(subparsers: argparse._SubParsersAction) -> None:
     rig.add_argument("--out", type=Path, required=True, metavar="ASSET.glb", help="the .glb to write")
     rig.add_argument("--sample-id", help="the samples-table row to lift, when SAMPLE is a dataset folder")
     rig.add_argument("--version", type=int, help="samples-table version (default: the latest)")
+    rig.add_argument("--mesh", type=Path, metavar="MESH",
+                     help="rig this mesh (.obj, .ply, .off; in the sample's normalised object space, Z up, at its "
+                     "first frame) instead of the one carved from the masks")
     rig.set_defaults(handler=run_rig)
 
     flow = subparsers.add_parser(
@@ -58,7 +61,7 @@ def run_rig(args: argparse.Namespace) -> int:
         else:
             raise LiftInputError(f"{args.sample} is not a folder: give a `kp20k render --out` folder, "
                                  "or a dataset folder with --sample-id")
-        rig = lift(views)
+        rig = lift(views, mesh=_read_mesh(args.mesh) if args.mesh else None)
     except LiftInputError as exc:
         print(f"kp20k rig: {exc}", file=sys.stderr)
         return 1
@@ -70,6 +73,22 @@ def run_rig(args: argparse.Namespace) -> int:
     if s.merged_parts:
         print(f"  merged (moved rigidly together): {'; '.join('+'.join(g) for g in s.merged_parts)}")
     return 0
+
+
+def _read_mesh(path: Path):
+    import numpy as np
+    import trimesh
+
+    from pipelines.lift.mesh import Mesh
+    from pipelines.lift.views import LiftInputError
+
+    try:
+        loaded = trimesh.load(path, force="mesh", process=False)
+    except (OSError, ValueError) as exc:
+        raise LiftInputError(f"cannot read --mesh {path}: {exc}; give an .obj, .ply or .off file") from exc
+    if len(loaded.faces) == 0:
+        raise LiftInputError(f"--mesh {path} has no triangles")
+    return Mesh(np.asarray(loaded.vertices, np.float64), np.asarray(loaded.faces, np.int64))
 
 
 def _table_sample(uri: str, sample_id: str, version: int | None):

@@ -48,13 +48,14 @@ class LiftedRig:
         )
 
 
-def lift(views: PartViews, naive: bool = False) -> LiftedRig:
-    """Rig the object ``views`` shows. ``naive`` is the baseline the benchmark compares with: one bone
-    per part with its joint at the part's centroid, rigid nearest-part skinning, no use of motion
-    for the skeleton."""
+def lift(views: PartViews, naive: bool = False, mesh: Mesh | None = None) -> LiftedRig:
+    """Rig the object ``views`` shows: ``mesh`` when given (the source asset's, an image-to-3D model's,
+    in the sample's normalised object space at its first frame), else the mesh carved from the masks.
+    ``naive`` is the baseline the benchmark compares with: one bone per part with its joint at the
+    part's centroid, rigid nearest-part skinning, no use of motion for the skeleton."""
     started = time.perf_counter()
     masks = views.part_ids >= 0
-    rest = carve(masks[:, 0], views.cameras)
+    rest = mesh if mesh is not None else carve(masks[:, 0], views.cameras)
     labels = vote_parts(rest, views.part_ids[:, 0], views.cameras, views.n_parts)
     if (labels.labels < 0).all():
         raise LiftInputError("no view shows a part on the carved surface: the part maps are empty")

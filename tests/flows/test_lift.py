@@ -97,4 +97,7 @@ def test_kp20k_rig_writes_a_glb_and_explains_bad_input(render_folder, tmp_path, 
     assert main(["rig", str(empty), "--out", str(tmp_path / "none.glb")]) == 1
     assert "kp20k render --out" in capsys.readouterr().err
     assert main(["rig", str(render_folder), "--out", str(tmp_path / "x.obj")]) == 2
+    (tmp_path / "bad.obj").write_text("not a mesh\n")
+    assert main(["rig", str(render_folder), "--mesh", str(tmp_path / "bad.obj"), "--out", str(tmp_path / "none.glb")]) == 1
+    assert "--mesh" in capsys.readouterr().err
     assert not (tmp_path / "none.glb").exists() and not (tmp_path / "x.obj").exists()

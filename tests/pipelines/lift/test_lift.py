@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipelines.lift.mesh import Mesh
 from pipelines.lift.metrics import rig_metrics
 from pipelines.lift.rig import lift
 from pipelines.lift.skinning import rigid_weights
@@ -64,3 +65,11 @@ def test_lift_is_closer_to_the_true_chain_than_the_naive_baseline(procedural, li
     assert ours.cd_j2j < naive.cd_j2j  # joints at boundaries beat joints at centroids
     assert ours.skin_recall > naive.skin_recall and naive.skin_precision > ours.skin_precision
     assert ours.skin_l1 < naive.skin_l1
+
+
+def test_a_given_mesh_is_rigged_instead_of_the_carved_one(procedural) -> None:
+    views, truth = procedural("arm", 1)
+    rig = lift(views, mesh=Mesh(truth.vertices, truth.faces))
+    assert rig.mesh.vertices is truth.vertices and len(rig.skeleton.joints) == views.n_parts
+    assert (rig.labels.labels == truth.vertex_part).mean() > 0.95  # votes on the true surface
+    assert lifted_tree(rig) == tree_edges(truth.parents)

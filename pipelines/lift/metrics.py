@@ -20,16 +20,20 @@ bounding box and scaled so its longest side spans [-1, 1].
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from models.metrics import adjusted_rand_index
-from pipelines.build.blender.truth import TrueRig
 from pipelines.lift.animate import apply, kabsch
 from pipelines.lift.rig import LiftedRig
 from schemas.lift import RigMetrics
+
+if TYPE_CHECKING:  # the true rig is read with bpy; measuring it needs only its arrays
+    from pipelines.build.blender.truth import TrueRig
 
 BONE_STEP = 0.005  # MagicArticulate's sampling step along a bone, in [-1, 1] units
 INFLUENTIAL = 1e-4

@@ -8,7 +8,8 @@ not a model's), its true rig is read from the scene (``pipelines.build.blender.t
 lift and the naive baseline (one bone per part at its centroid, nearest-part rigid skinning) are
 measured against it (``pipelines.lift.metrics``: mIoU and ARI of the vertex parts, CD-J2J / J2B / B2B
 in MagicArticulate's [-1, 1] units, skinning precision / recall / L1, replay error of the true clip).
-Prints one line per asset, the means of both methods side by side, and a JSON summary.
+Prints one line per asset, the means of both methods side by side, and a JSON summary; with
+``--rigs DIR`` the lifted rigs also go into ``DIR/rigs.lance`` with their metrics as columns.
 """
 
 from __future__ import annotations
@@ -40,15 +41,20 @@ def main() -> None:
     parser.add_argument("--motion-threshold", type=float, default=0.05, help="frame spacing, as kp20k render")
     parser.add_argument("--seeds", type=int, default=2, help="procedural rigs per kind")
     parser.add_argument("--no-shared", action="store_true", help="leave out the shared real assets")
+    parser.add_argument("--rigs", help="also write the lifted rigs, with their metrics, into <RIGS>/rigs.lance")
     args = parser.parse_args()
 
     from pipelines.build.blender import clips as clip_ops
     from pipelines.build.blender.render import render_grid
     from pipelines.build.blender.session import BlenderSession
     from pipelines.build.blender.truth import true_rig
+    from pipelines.lift.export import to_glb
     from pipelines.lift.metrics import rig_metrics
     from pipelines.lift.rig import lift
+    from pipelines.lift.table import rig_key, write_rigs
     from pipelines.lift.views import LiftInputError, PartViews
+    from pipelines.version import code_version
+    from schemas.lift import RigRow
 
     spec = RenderSpec(n_views=args.views, n_frames=args.frames, resolution=args.resolution, samples=1,
                       denoise=False, motion_threshold=args.motion_threshold)
@@ -57,7 +63,7 @@ def main() -> None:
     if SHARED.is_dir() and not args.no_shared:
         paths += sorted(SHARED.glob("*.gl*"))
     results: dict[str, dict[str, list[float]]] = {"lift": {m: [] for m in METRICS}, "naive": {m: [] for m in METRICS}}
-    rows, seconds = [], {"lift": 0.0, "naive": 0.0}
+    rows, seconds, rigs = [], {"lift": 0.0, "naive": 0.0}, []
     with BlenderSession() as session:
         for path in paths:
             session.load(path)
@@ -88,10 +94,17 @@ def main() -> None:
                 for m in METRICS:
                     results[method][m].append(getattr(metrics, m))
                 line[method] = {m: round(getattr(metrics, m), 4) for m in METRICS} | {"bones": len(rig.skeleton.joints)}
+                if args.rigs and method == "lift":
+                    source = f"benchmarks/lift_rigs.py:{path.name}"
+                    rigs.append(RigRow(rig_id=rig_key(source, path.stem, code_version()), sample_id=path.stem,
+                                       source=source, clip=clip, glb=to_glb(rig), summary=rig.summary(),
+                                       metrics=metrics, code_version=code_version()))
             else:
                 rows.append(line)
                 print(f"{path.name:24s} {clip:10s} parts {views.n_parts:2d} bones {line['lift']['bones']:2d}  "
                       + "  ".join(f"{m} {line['lift'][m]:.3f}/{line['naive'][m]:.3f}" for m in METRICS))
+    if args.rigs:
+        print(f"{write_rigs(args.rigs, rigs)} rigs written to {args.rigs}/rigs.lance")
     means = {method: {m: float(np.mean(v)) for m, v in values.items()} for method, values in results.items()}
     print(f"\nmeans over {len(rows)} assets ({args.views} views x {args.frames} frames, {args.resolution} px), lift vs naive:")
     for m in METRICS:

@@ -18,6 +18,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from schemas.assets import AssetRef, ProbeReport, Rejection
+from schemas.lift import RigRow
 from schemas.parts import PartDecision
 from schemas.samples import Sample
 
@@ -147,3 +148,4 @@ SAMPLES_SCHEMA = arrow_schema(Sample)
 ASSETS_SCHEMA = arrow_schema(AssetRow)
 REJECTIONS_SCHEMA = arrow_schema(Rejection)
 PARTS_SCHEMA = arrow_schema(PartDecision)
+RIGS_SCHEMA = arrow_schema(RigRow)

@@ -28,9 +28,12 @@ class FitConfig(BaseModel):
     batch: int = Field(4, ge=1, le=64, description="images (view, frame) per step")
     lr_means: float = Field(3e-3, gt=0)
     lr_appearance: float = Field(3e-2, gt=0, description="colours, opacities, scales, rotations, part logits")
-    lr_motion: float = Field(1e-2, gt=0, description="per-part rigid motions and skinning weights")
+    lr_motion: float = Field(3e-2, gt=0, description="per-part rigid motions and skinning weights")
     alpha_weight: float = Field(1.0, ge=0, description="weight of the alpha (silhouette) L1 loss")
     part_weight: float = Field(0.1, ge=0, description="weight of the part cross-entropy on foreground pixels")
+    centroid_weight: float = Field(
+        1.0, ge=0, description="weight of the distance (image widths) between rendered and true part centroids"
+    )
     rigidity_weight: float = Field(
         0.1, ge=0, description="pull of each primitive's skinning weights towards its own part (kinematic prior)"
     )

@@ -6,17 +6,20 @@ Schedule (progressive frame sampling): the canonical shape is fitted on the refe
 first, each new knot starting from the motion of its nearest fitted neighbour; every frame fitted
 after its arrival keeps being sampled. Each step renders ``batch`` (view, frame) cells drawn from the
 active frames (always one of the newest frame) and minimises, per cell, with the view's visibility
-weight: L1(RGB) + alpha_weight L1(alpha) + part_weight CE(parts | foreground), plus rigidity_weight
+weight: L1(RGB) + alpha_weight L1(alpha) + part_weight CE(parts | foreground) + centroid_weight times
+the distance between each part's rendered and true image centroids (a long-range pull on the part
+motions, which the photometric terms cannot see once a part has left its old pixels), plus rigidity_weight
 times the cross-entropy of the skinning weights against the primitive's own part (kinematic parts
 move rigidly).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -79,13 +82,20 @@ def frame_schedule(frames: list[int], reference: int, times: list[float], config
     return [(0, reference)] + [(static + round(i * share), f) for i, f in enumerate(others)]
 
 
-def fit(target: FitTarget, config: FitConfig, progress: Progress | None = None) -> FitResult:
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """PyTorch's intra-op threads set to ``n`` for the block (restored after)."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(n)
     try:
-        return _fit(target, config, progress)
+        yield
     finally:
         torch.set_num_threads(previous)
+
+
+def fit(target: FitTarget, config: FitConfig, progress: Progress | None = None) -> FitResult:
+    with torch_threads(config.threads):
+        return _fit(target, config, progress)
 
 
 def _fit(target: FitTarget, config: FitConfig, progress: Progress | None) -> FitResult:
@@ -116,7 +126,7 @@ def _fit(target: FitTarget, config: FitConfig, progress: Progress | None) -> Fit
     background = torch.cat([torch.ones(3), torch.zeros(n_parts)]).to(device)
     height, width = target.rgb.shape[2:4]
     schedule = frame_schedule(frames, reference, target.frame_times, config)
-    history: dict[str, list[float]] = {"rgb": [], "alpha": [], "parts": [], "rigidity": [], "total": []}
+    history: dict[str, list[float]] = {"rgb": [], "alpha": [], "parts": [], "centroid": [], "rigidity": [], "total": []}
     active: list[int] = []
     for step in range(config.steps):
         for start, frame in schedule:
@@ -126,7 +136,7 @@ def _fit(target: FitTarget, config: FitConfig, progress: Progress | None) -> Fit
         newest = active[-1]
         batch = [(int(generator.choice(views)), newest)] + [
             (int(generator.choice(views)), int(generator.choice(active))) for _ in range(config.batch - 1)]
-        terms = {"rgb": 0.0, "alpha": 0.0, "parts": 0.0}
+        terms = {"rgb": 0.0, "alpha": 0.0, "parts": 0.0, "centroid": 0.0}
         loss = torch.zeros((), device=device)
         for view, frame in batch:
             image, coverage = render(model.at(target.frame_times[frame]), extrinsics[view], intrinsics[view],
@@ -134,8 +144,10 @@ def _fit(target: FitTarget, config: FitConfig, progress: Progress | None) -> Fit
             rgb_loss = (image[..., :3] - rgb[view, frame]).abs().mean()
             alpha_loss = (coverage - alpha[view, frame]).abs().mean()
             part_loss = _part_loss(image[..., 3:], coverage, part_ids[view, frame])
-            loss = loss + weights[view] * (rgb_loss + config.alpha_weight * alpha_loss + config.part_weight * part_loss)
-            for name, value in (("rgb", rgb_loss), ("alpha", alpha_loss), ("parts", part_loss)):
+            centroid_loss = _centroid_loss(image[..., 3:], part_ids[view, frame], n_parts)
+            loss = loss + weights[view] * (rgb_loss + config.alpha_weight * alpha_loss + config.part_weight * part_loss
+                                           + config.centroid_weight * centroid_loss)
+            for name, value in (("rgb", rgb_loss), ("alpha", alpha_loss), ("parts", part_loss), ("centroid", centroid_loss)):
                 terms[name] += float(value.detach()) / len(batch)
         loss = loss / len(batch)
         rigidity = -(torch.softmax(model.part_logits, 1).detach() * torch.log_softmax(model.skin_logits, 1)).sum(1).mean()
@@ -159,6 +171,25 @@ def _part_loss(probabilities: torch.Tensor, coverage: torch.Tensor, ids: torch.T
         return torch.zeros((), device=ids.device)
     chosen = probabilities[labelled].gather(1, ids[labelled][:, None])[:, 0]
     return -(torch.log(chosen.clamp(min=1e-6)) - torch.log(coverage[labelled].clamp(min=1e-6))).mean()
+
+
+def _centroid_loss(probabilities: torch.Tensor, ids: torch.Tensor, n_parts: int) -> torch.Tensor:
+    """Mean distance (in image widths) between each part's rendered and true image centroid, over the
+    parts seen in the true map: a pull that reaches a part however far it has moved, where the
+    photometric terms only see overlapping pixels."""
+    height, width = ids.shape
+    ys, xs = torch.meshgrid(torch.arange(height, device=ids.device, dtype=probabilities.dtype),
+                            torch.arange(width, device=ids.device, dtype=probabilities.dtype), indexing="ij")
+    true = torch.nn.functional.one_hot(ids.clamp(min=0), n_parts).to(probabilities.dtype) * (ids >= 0)[..., None]
+    seen = true.sum((0, 1)) > 0
+    if not bool(seen.any()):
+        return torch.zeros((), device=ids.device)
+
+    def centroids(mass: torch.Tensor) -> torch.Tensor:
+        total = mass.sum((0, 1)).clamp(min=1e-6)
+        return torch.stack([(mass * xs[..., None]).sum((0, 1)) / total, (mass * ys[..., None]).sum((0, 1)) / total], -1)
+
+    return (centroids(probabilities) - centroids(true))[seen].norm(dim=-1).mean() / width
 
 
 @torch.no_grad()

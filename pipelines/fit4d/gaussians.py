@@ -16,10 +16,12 @@ from torch import nn
 
 from pipelines.fit4d.splat import Splats, covariances
 
-# Hull sampling: candidates drawn in the cube [-HULL_BOX, HULL_BOX]^3 of the normalised object space
-# (the object spans about [-0.5, 0.5]); this many candidates per primitive wanted.
+# Hull sampling: a coarse pass in the cube [-HULL_BOX, HULL_BOX]^3 of the normalised object space (the
+# object spans about [-0.5, 0.5]), then rounds of candidates inside the hull's bounding box.
 HULL_BOX = 1.0
-CANDIDATES_PER_PRIMITIVE = 60
+COARSE_CANDIDATES = 400_000
+CANDIDATES_PER_PRIMITIVE = 20
+FINE_ROUNDS = 10
 INITIAL_PART_LOGIT = 3.0
 INITIAL_SKIN_LOGIT = 4.0
 
@@ -96,8 +98,32 @@ def visual_hull(
     cameras: list[dict[str, np.ndarray]], alphas: np.ndarray, n: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, float]:
     """Up to ``n`` points inside every silhouette (alpha > 0.5) of the given views at one frame, and the
-    hull's volume. ``cameras``: {"E": 4x4, "K": 3x3} per image of ``alphas`` [V, H, W]."""
-    candidates = rng.uniform(-HULL_BOX, HULL_BOX, size=(n * CANDIDATES_PER_PRIMITIVE, 3))
+    hull's volume. ``cameras``: {"E": 4x4, "K": 3x3} per image of ``alphas`` [V, H, W].
+
+    A coarse pass over the cube [-HULL_BOX, HULL_BOX]^3 finds the hull's bounding box; points are then
+    drawn inside that box (a thin object fills little of the cube) until ``n`` are inside.
+    """
+    coarse = rng.uniform(-HULL_BOX, HULL_BOX, size=(COARSE_CANDIDATES, 3))
+    found = coarse[_inside(cameras, alphas, coarse)]
+    if len(found) < 16:
+        raise HullError(f"only {len(found)} of {COARSE_CANDIDATES} sampled points fall inside every training view's "
+                        "silhouette: the cameras do not match the images (or the object is not in view)")
+    margin = 2 * (2 * HULL_BOX) / COARSE_CANDIDATES ** (1 / 3)
+    low, high = found.min(0) - margin, found.max(0) + margin
+    points, drawn = [], 0
+    for _ in range(FINE_ROUNDS):
+        candidates = rng.uniform(low, high, size=(max(n, 1000) * CANDIDATES_PER_PRIMITIVE, 3))
+        drawn += len(candidates)
+        points.append(candidates[_inside(cameras, alphas, candidates)])
+        if sum(len(p) for p in points) >= n:
+            break
+    points = np.concatenate(points)
+    volume = float(np.prod(high - low)) * len(points) / drawn
+    keep = rng.choice(len(points), size=min(n, len(points)), replace=False)
+    return points[keep], volume
+
+
+def _inside(cameras: list[dict[str, np.ndarray]], alphas: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     inside = np.ones(len(candidates), bool)
     for camera, alpha in zip(cameras, alphas):
         pixels, depth = _project(camera, candidates)
@@ -107,13 +133,7 @@ def visual_hull(
         hit = np.zeros(len(candidates), bool)
         hit[on_image] = alpha[row[on_image], col[on_image]] > 0.5
         inside &= hit
-    points = candidates[inside]
-    if len(points) < 16:
-        raise HullError(f"only {len(points)} of {len(candidates)} sampled points fall inside every training view's "
-                        "silhouette: the cameras do not match the images (or the object is not in view)")
-    volume = (2 * HULL_BOX) ** 3 * len(points) / len(candidates)
-    keep = rng.choice(len(points), size=min(n, len(points)), replace=False)
-    return points[keep], volume
+    return inside
 
 
 def initial_tensors(

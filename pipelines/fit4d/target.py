@@ -76,14 +76,14 @@ def load_folder(folder: Path | str) -> FitTarget:
         raise TargetError(f"{record_path} is not a valid sample record: {exc}") from exc
     n_views, n_frames = len(cameras), len(frame_times)
     grids = {kind: _read_pngs(folder / kind, n_views, n_frames) for kind in ("rgb", "parts", "alpha")}
-    return _target(str(folder), record.get("sha256", folder.name), record.get("clip", ""), float(record.get("fps", 24.0)),
+    return from_arrays(str(folder), record.get("sha256", folder.name), record.get("clip", ""), float(record.get("fps", 24.0)),
                    frame_times, cameras, part_map, grids["rgb"], grids["parts"], grids["alpha"], decode_limit)
 
 
 def from_sample(sample: Sample, source: str) -> FitTarget:
     """A row of the ``samples`` table (blobs read)."""
     decode_limit = RenderSpec.model_validate_json(sample.render_config).colours.decode_limit
-    return _target(source, sample.sample_id, sample.clip, sample.fps, list(sample.frame_times), list(sample.cameras),
+    return from_arrays(source, sample.sample_id, sample.clip, sample.fps, list(sample.frame_times), list(sample.cameras),
                    sample.part_map, unpack(sample.rgb), unpack(sample.parts), unpack(sample.alpha), decode_limit)
 
 
@@ -97,7 +97,9 @@ def _read_pngs(folder: Path, n_views: int, n_frames: int) -> np.ndarray:
                      for v in range(n_views)])
 
 
-def _target(source, sample_id, clip, fps, frame_times, cameras, part_map, rgb, parts, alpha, decode_limit) -> FitTarget:
+def from_arrays(source: str, sample_id: str, clip: str, fps: float, frame_times: list[float], cameras: list[Camera],
+                part_map: PartMap, rgb: np.ndarray, parts: np.ndarray, alpha: np.ndarray, decode_limit: float) -> FitTarget:
+    """A target from uint8 grids [V, F, H, W(, C)] as a render writes them (parts decoded here)."""
     if rgb.ndim != 5 or rgb.shape[-1] < 3 or parts.shape[:4] != rgb.shape[:4] or alpha.shape[:4] != rgb.shape[:4]:
         raise TargetError(f"{source}: RGB, part and alpha grids differ in shape: {rgb.shape}, {parts.shape}, {alpha.shape}")
     if rgb.shape[:2] != (len(cameras), len(frame_times)):
@@ -111,3 +113,9 @@ def _target(source, sample_id, clip, fps, frame_times, cameras, part_map, rgb, p
         part_map=part_map, rgb=rgb[..., :3].astype(np.float32) / 255.0, alpha=alpha.astype(np.float32) / 255.0,
         part_ids=part_ids.astype(np.int64),
     )
+
+
+def from_grid(grid, spec: RenderSpec, source: str) -> FitTarget:
+    """A target straight from a Blender render (``pipelines.build.blender.render.RenderedGrid``)."""
+    return from_arrays(source, source, grid.clip, grid.fps, list(grid.frame_times), list(grid.cameras), grid.part_map,
+                       grid.rgb, grid.parts, grid.alpha, spec.colours.decode_limit)

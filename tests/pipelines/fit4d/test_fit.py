@@ -1,10 +1,10 @@
 """Fitting real Blender renders of procedural rigs at 32 px: held-out views and frames, parts, bad input.
 
-Figures measured on this project's 2-core machine (seeds 0-2, 200 steps, 600 primitives; the tests
-run fewer steps, which measured the same to 0.2 dB): the static robot's two held-out views 26.9-27.1 dB
-against 20.7 dB for the nearest training view; the arm's held-out middle frame 32.5-32.7 dB against
-29.0 dB for the nearest trained frame, with 87-90% of the true foreground pixels decoded to their own
-part (61% for the nearest frame).
+Figures measured on this project's 2-core machine with these tests' settings (seeds 0-2): the static
+robot's two held-out views 26.8-27.0 dB against 20.7 dB for the nearest training view (200 steps and
+600 primitives: 26.9-27.1 dB); the arm's held-out middle frame 32.3-32.6 dB against 29.0 dB for the
+nearest trained frame, with 88-90% of the true foreground pixels decoded to their own part (61% for
+the nearest frame).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from pipelines.fit4d.scoring import nearest_frame, nearest_view, part_miou, scor
 from pipelines.fit4d.target import FitTarget, TargetError
 from schemas.fit4d import FitConfig
 
-# The static bound: 24 dB is an RMS error of 6.3% of the range; 3 dB under what every measured seed
-# reached (Cycles noise at 4 samples and thread order move it by tenths), and 3 dB over the nearest
-# training view, which is what a fit that learnt no 3D shape would at best reproduce.
+# The static bound: 24 dB is an RMS error of 6.3% of the range, about 3 dB under what every measured
+# seed reached (26.8-27.0 dB; Cycles noise at 4 samples and thread order move it by tenths); and 3 dB
+# over the nearest training view, which is what a fit that learnt no 3D shape would at best reproduce.
 STATIC_PSNR_DB = 24.0
 OVER_BASELINE_DB = 3.0
 # Parts: four in five true foreground pixels of a held-out frame decode to their own part (measured
-# 87-90%); the rest sit on part borders and silhouette edges, a pixel wide at 32 px.
+# 88-90%); the rest sit on part borders and silhouette edges, a pixel wide at 32 px.
 PART_ACCURACY = 0.8
 STATIC = dict(n_gaussians=300, steps=60)
 MOVING = dict(n_gaussians=300, steps=100)

@@ -71,19 +71,24 @@ def parse_config(config: dict[str, Any] | FitConfig | None) -> FitConfig:
     return config if isinstance(config, FitConfig) else FitConfig.model_validate(config or {})
 
 
-def table_targets(lance_uri: str, version: int | None, sample_ids: list[str] | None, limit: int | None) -> list[FitTarget]:
-    """Samples of the table at ``version`` (the latest when None): the ones named, else the first ``limit`` by id."""
+def table_samples(lance_uri: str, version: int | None, sample_ids: list[str] | None, limit: int | None) -> tuple[int, list[str]]:
+    """(the pinned version, the sample ids to fit): the ones named, else the first ``limit`` by id."""
     store = DatasetStore(lance_uri)
     pinned = store.version() if version is None else version
-    where = f"sample_id IN ({', '.join(map(sql_literal, sample_ids))})" if sample_ids else None
-    samples = sorted(from_table(Sample, store.read_samples(pinned, filter=where)), key=lambda s: s.sample_id)
+    found = sorted(store.existing_sample_ids(version=pinned))
     if sample_ids:
-        missing = sorted(set(sample_ids) - {s.sample_id for s in samples})
+        missing = sorted(set(sample_ids) - set(found))
         if missing:
             raise StoreError("sample_not_found", f"no samples {missing[:5]} in {lance_uri} at version {pinned}")
-    if limit is not None:
-        samples = samples[:limit]
-    return [from_sample(s, f"{lance_uri}@v{pinned}/{s.sample_id}") for s in samples]
+        return pinned, list(sample_ids)
+    return pinned, found[:limit] if limit is not None else found
+
+
+def table_target(lance_uri: str, version: int, sample_id: str) -> FitTarget:
+    """One row of the table, read when its task runs (a long list never sits in memory at once)."""
+    rows = DatasetStore(lance_uri).read_samples(version, filter=f"sample_id = {sql_literal(sample_id)}")
+    (sample,) = from_table(Sample, rows)
+    return from_sample(sample, f"{lance_uri}@v{version}/{sample_id}")
 
 
 @task(name="fit-sample", cache_policy=NO_CACHE)
@@ -125,7 +130,8 @@ def fit_4d(
     fit_config = parse_config(config)
     jobs: list[tuple[str, Any]] = [(Path(s).name, lambda s=s: load_folder(s)) for s in samples or []]
     if lance_uri:
-        jobs += [(t.sample_id, lambda t=t: t) for t in table_targets(lance_uri, version, sample_ids, limit)]
+        pinned, ids = table_samples(lance_uri, version, sample_ids, limit)
+        jobs += [(i, lambda i=i: table_target(lance_uri, pinned, i)) for i in ids]
     if not jobs:
         raise ValueError("nothing to fit: give sample folders, or a Lance table (lance_uri)")
     progress = _Progress(len(jobs))

@@ -93,3 +93,10 @@ def test_the_flow_fits_a_table_version_with_progress_and_artifacts(tmp_path: Pat
     assert all(f"| {i} | fitted |" in by_key["kp20k-fit4d-summary"].data for i in ids)
     png = embedded_png(by_key["kp20k-fit4d-contact-sheet"].data)
     assert png == (tmp_path / "assets" / ids[0] / "contact_sheet.png").read_bytes()
+
+
+def test_a_sample_id_not_in_the_table_is_named(tmp_path: Path, capsys) -> None:
+    uri = str(tmp_path / "kp20k.lance")
+    synthetic_store(uri, 1)
+    assert main(["fit4d", "--lance", uri, "--sample-id", "nope", "--out", str(tmp_path / "x"), *FAST]) == 1
+    assert "no samples ['nope']" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -61,6 +61,11 @@ def test_the_command_writes_an_asset_that_renders_again(arm_folder: Path, tmp_pa
 
 
 def test_bad_arguments_say_what_to_do(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["fit4d", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert all(option in text for option in ("--out", "--lance", "--train-views", "--steps", "asset.json"))
     assert main(["fit4d", "--out", str(tmp_path / "x")]) == 2
     assert "give a SAMPLE folder, or --lance" in capsys.readouterr().err
     assert main(["fit4d", str(tmp_path), "--out", str(tmp_path / "x"), "--train-views", "0,a"]) == 2

@@ -106,10 +106,13 @@ def run_build_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flows.fit4d_cli import add_fit4d_commands  # fit4d
     from flows.lift_cli import add_lift_commands  # rig / lift
     from flows.training_cli import add_training_commands  # train / evaluate
 
-    return pipeline_cli.build_parser(register=[add_flow_commands, add_training_commands, add_lift_commands])
+    return pipeline_cli.build_parser(
+        register=[add_flow_commands, add_training_commands, add_lift_commands, add_fit4d_commands]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

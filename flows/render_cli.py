@@ -12,17 +12,18 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from pipelines.build.content import file_sha256
 from pipelines.contact_sheet import contact_sheet
+from pipelines.files import FolderRefused, folder_swapped_in, replace_problem
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # Written last into every complete render folder: ``--out`` replaces a folder only when it holds this.
 RENDER_MARKER = ".kp20k-render"
+RENDERED = "kp20k render"  # what --out holds, in messages
 
 EPILOG = """examples:
   kp20k probe Fox.glb
@@ -130,7 +131,7 @@ def _render(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"kp20k render: invalid settings: {exc}", file=sys.stderr)
         return 2
-    problem = _out_problem(args.out)
+    problem = replace_problem(args.out.absolute(), RENDER_MARKER, RENDERED)
     if problem:
         print(f"kp20k render: {problem}", file=sys.stderr)
         return 2
@@ -158,8 +159,9 @@ def _render(args: argparse.Namespace) -> int:
                 print(f"kp20k: Blender's output ends with:\n{session.log_tail()}", file=sys.stderr)
                 return 1
         try:
-            _write_folder(args.out, args.asset, sha256, spec, grid, session.log_path)
-        except OutFolderError as exc:
+            with folder_swapped_in(args.out, RENDER_MARKER, RENDERED) as staging:
+                _write_render(staging, args.asset, sha256, spec, grid, session.log_path)
+        except FolderRefused as exc:
             print(f"kp20k render: {exc}", file=sys.stderr)
             return 2
     print(f"wrote {args.out} ({grid.n_renders} images, {grid.part_map.n_parts} parts, {grid.timings['total']:.1f} s)")
@@ -184,36 +186,6 @@ def _spec(args: argparse.Namespace):
         seed=args.seed,
         threads=args.threads,
     )
-
-
-class OutFolderError(Exception):
-    """``--out`` names something a render must not replace."""
-
-
-def _out_problem(out: Path) -> str | None:
-    """Why ``out`` may not be replaced by a render, or None (absent, or a previous render)."""
-    if out.is_symlink():
-        return f"{out} is a symbolic link; give the folder itself, or another --out"
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        return f"{out} exists and is not a folder; choose another --out"
-    if not (out / RENDER_MARKER).is_file():
-        return (f"{out} exists and is not a previous kp20k render (it has no {RENDER_MARKER}); it was left as it is: "
-                "choose another --out, or remove the folder yourself")
-    return None
-
-
-def _write_folder(out: Path, asset: Path, sha256: str, spec, grid, log: Path) -> None:
-    """Write into a fresh sibling folder, then swap it in: a crash never leaves a folder that looks done."""
-    out = out.absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        _write_render(staging, asset, sha256, spec, grid, log)
-        _swap_in(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_render(folder: Path, asset: Path, sha256: str, spec, grid, log: Path) -> None:
@@ -247,23 +219,6 @@ def _write_render(folder: Path, asset: Path, sha256: str, spec, grid, log: Path)
     }
     (folder / "sample.json").write_text(json.dumps(record, indent=2))
     shutil.copyfile(log, folder / "blender.log")
-    (folder / RENDER_MARKER).write_text("a complete `kp20k render` folder: a later render may replace it\n")
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Rename the previous render aside, the new one in, then delete the previous one. Checked again
-    here: the folder may have changed while Blender rendered."""
-    problem = _out_problem(out)
-    if problem:
-        raise OutFolderError(problem)
-    previous = None
-    if out.exists():
-        # rename(2) may replace an empty folder: this reserved name cannot be taken meanwhile
-        previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".previous", dir=out.parent))
-        os.rename(out, previous)
-    os.rename(staging, out)
-    if previous is not None:
-        shutil.rmtree(previous)
 
 
 def _sha256(path: Path) -> str:

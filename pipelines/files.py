@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -73,3 +75,50 @@ def keep_newest(folder: Path | str, pattern: str, keep: int) -> int:
     for old in found[keep:]:
         old.unlink(missing_ok=True)
     return max(0, len(found) - keep)
+
+
+class FolderRefused(Exception):
+    """An output folder that a write must not replace; the message says what to do."""
+
+
+def replace_problem(out: Path, marker: str, what: str) -> str | None:
+    """Why ``out`` may not be replaced by a new ``what``, or None: absent, or a previous one (it holds
+    ``marker``, written last). Anything else is someone's folder and is left as it is."""
+    if out.is_symlink():
+        return f"{out} is a symbolic link; give the folder itself, or another --out"
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out} exists and is not a folder; choose another --out"
+    if not (out / marker).is_file():
+        return (f"{out} exists and is not a previous {what} (it has no {marker}); it was left as it is: "
+                "choose another --out, or remove the folder yourself")
+    return None
+
+
+@contextlib.contextmanager
+def folder_swapped_in(out: Path | str, marker: str, what: str, refused: type[Exception] = FolderRefused) -> Iterator[Path]:
+    """Yield a fresh sibling folder to write ``what`` into; when the block ends, write ``marker`` in it
+    and swap it in for ``out`` (the previous one renamed aside, then deleted). A crash never leaves a
+    folder that looks done, and only a previous ``what`` is ever replaced (checked before and after
+    the block: the folder may change meanwhile)."""
+    out = Path(out).absolute()
+    if problem := replace_problem(out, marker, what):
+        raise refused(problem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield staging
+        (staging / marker).write_text(f"a complete {what}: a later one may replace it\n")
+        if problem := replace_problem(out, marker, what):
+            raise refused(problem)
+        previous = None
+        if out.exists():
+            # rename(2) may replace an empty folder: this reserved name cannot be taken meanwhile
+            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".previous", dir=out.parent))
+            os.rename(out, previous)
+        os.rename(staging, out)
+        if previous is not None:
+            shutil.rmtree(previous)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -13,9 +13,6 @@ fit, marked by ``.kp20k-fit4d``):
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from pipelines.build.blender.cameras import orbit_cameras
 from pipelines.contact_sheet import contact_sheet
+from pipelines.files import FolderRefused, folder_swapped_in, replace_problem
 from pipelines.fit4d.fit import FitResult, torch_threads
 from pipelines.fit4d.gaussians import DynamicGaussians
 from pipelines.fit4d.splat import render
@@ -35,11 +33,12 @@ from schemas.fit4d import FitConfig, FitRecord
 from schemas.render import Camera
 
 MARKER = ".kp20k-fit4d"
+FITTED = "fitted asset"  # what an output folder holds, in messages
 TURNTABLE_STEPS = 24
 TURNTABLE_MS = 125  # per turntable frame: 3 s a turn
 
 
-class AssetFolderError(Exception):
+class AssetFolderError(FolderRefused):
     """``--out`` names something a fit must not replace, or a folder that is not a fitted asset."""
 
 
@@ -85,23 +84,13 @@ def record_of(result: FitResult, target: FitTarget, config: FitConfig) -> FitRec
 
 def write_asset(out: Path | str, result: FitResult, target: FitTarget, config: FitConfig) -> FitRecord:
     """Write the folder beside ``out`` and swap it in: a crash never leaves a folder that looks done."""
-    out = Path(out).absolute()
-    problem = out_problem(out)
-    if problem:
-        raise AssetFolderError(problem)
     record = record_of(result, target, config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with folder_swapped_in(out, MARKER, FITTED, AssetFolderError) as staging:
         save_file(result.model.tensors(), str(staging / "gaussians.safetensors"))
         (staging / "asset.json").write_text(record.model_dump_json(indent=2))
         with torch_threads(config.threads):
             write_turntable(staging / "turntable.gif", result.model, record)
             sheet(result.model, record, target).save(staging / "contact_sheet.png")
-        (staging / MARKER).write_text("a complete `kp20k fit4d` asset: a later fit may replace it\n")
-        _swap_in(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return record
 
 
@@ -146,23 +135,4 @@ def sheet(model: DynamicGaussians, record: FitRecord, target: FitTarget) -> Imag
 
 def out_problem(out: Path) -> str | None:
     """Why ``out`` may not be replaced by a fit, or None (absent, or a previous fit)."""
-    if out.is_symlink():
-        return f"{out} is a symbolic link; give the folder itself, or another --out"
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        return f"{out} exists and is not a folder; choose another --out"
-    if not (out / MARKER).is_file():
-        return (f"{out} exists and is not a previous fitted asset (it has no {MARKER}); it was left as it is: "
-                "choose another --out, or remove the folder yourself")
-    return None
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    previous = None
-    if out.exists():
-        previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".previous", dir=out.parent))
-        os.rename(out, previous)
-    os.rename(staging, out)
-    if previous is not None:
-        shutil.rmtree(previous)
+    return replace_problem(out, MARKER, FITTED)

@@ -92,3 +92,23 @@ def test_a_torn_line_longer_than_a_block_is_cut_whole(tmp_path: Path) -> None:
     torn_only.write_text("z" * 70_000)
     append_line(torn_only, "only")
     assert torn_only.read_text() == "only\n"
+
+
+def test_a_folder_written_whole_replaces_only_a_previous_one_and_a_crash_leaves_the_old_one(tmp_path):
+    from pipelines.files import FolderRefused, folder_swapped_in
+
+    out = tmp_path / "out"
+    with folder_swapped_in(out, ".mine", "thing") as staging:
+        (staging / "a.txt").write_text("one")
+    assert (out / "a.txt").read_text() == "one" and (out / ".mine").is_file()
+    with pytest.raises(RuntimeError), folder_swapped_in(out, ".mine", "thing") as staging:
+        (staging / "a.txt").write_text("two")
+        raise RuntimeError("killed mid-write")
+    assert (out / "a.txt").read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes").write_text("keep")
+    with pytest.raises(FolderRefused, match="not a previous thing"), folder_swapped_in(theirs, ".mine", "thing"):
+        pass
+    assert (theirs / "notes").read_text() == "keep"

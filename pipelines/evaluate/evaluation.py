@@ -267,10 +267,6 @@ def evaluate_checkpoint(
         value = fvd[name]
         methods["model"][name] = value if isinstance(value, str) else Estimate(value=value, n_samples=count, n_assets=n_assets)
     methods["sam2"] = {name: sam2_status(config.sam2_path) for name in SEGMENTATION_METRICS}
-    n_views, n_frames = record.config.n_views, record.config.n_frames
-    breakdown = lambda key, n: [  # noqa: E731
-        {m: _mean([r["model"][key][i][m] for r in raw], m) for m in PART_METRICS + SEQUENCE_METRICS} for i in range(n)
-    ]
     return EvalReport(
         checkpoint=str(checkpoint.path),
         step=checkpoint.step,
@@ -282,8 +278,8 @@ def evaluate_checkpoint(
         seed=config.seed,
         metrics={name: _headline(methods["model"].get(name)) for name in ALL_METRICS},
         methods=methods,
-        per_view=breakdown("per_view", n_views),
-        per_frame=breakdown("per_frame", n_frames),
+        per_view=_breakdown(raw, "per_view", record.config.n_views),
+        per_frame=_breakdown(raw, "per_frame", record.config.n_frames),
         samples=samples,
         code_version=code_version(),
         trained_with_code_version=record.code_version,
@@ -309,6 +305,12 @@ def _stored(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None
         method: {m: (float(v) if isinstance(v, float) and math.isfinite(v) else None) for m, v in metrics.items() if m in ALL_METRICS}
         for method, metrics in rows.items()
     }
+
+
+def _breakdown(raw: list[dict[str, dict[str, Any]]], key: str, count: int) -> list[dict[str, MetricValue]]:
+    """The model's part metrics of each view (or frame), mean over samples."""
+    names = PART_METRICS + SEQUENCE_METRICS
+    return [{m: _mean([r["model"][key][i][m] for r in raw], m) for m in names} for i in range(count)]
 
 
 def _headline(entry: Entry | None) -> MetricValue:
@@ -391,7 +393,7 @@ def report_markdown(report: EvalReport, baseline: EvalReport | None = None) -> s
                 cells = [_cell(report.methods[method][name]), _cell(baseline.methods[method][name]), _diff_cell(diff)]
                 overlap = "-" if isinstance(diff, str) or diff.intervals_overlap is None else ("yes" if diff.intervals_overlap else "no")
                 lines.append(f"| {method} | {name} | " + " | ".join(cells) + f" | {overlap} |")
-    lines += ["", "### The model's part metrics per view (mIoU, per-image / per-sample matching)", ""]
+    lines += ["", "### The model's mIoU per view (per-image / per-sample matching; mean over samples)", ""]
     lines += _table(
         "view",
         [f"step {r.step}" for r in reports],

@@ -15,6 +15,8 @@ The clustering (:func:`cluster_colours`) is deterministic, with no random start:
 2. seeds: the peaks of that histogram smoothed by a Gaussian (sigma ``bandwidth / 2``) that hold at
    least a quarter of ``min_share`` of the pixels within ``bandwidth`` (a blurred small part keeps
    that much near its peak);
+   at most the ``4 * max_clusters`` heaviest (pure noise has thousands of peaks; only
+   ``max_clusters`` clusters can be kept);
 3. mean-shift with a flat kernel of radius ``bandwidth`` moves each seed to the weighted mean of the
    colours within reach until it moves less than 0.01 (at most 100 rounds);
 4. modes are kept in order of the pixels within reach (more first, then by colour), dropping any
@@ -34,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, maximum_filter, uniform_filter
+from scipy.sparse import csr_matrix
+from scipy.spatial import cKDTree
 
 from pipelines.build.colour import BACKGROUND, decode_part_image
 from pipelines.build.dataset import MAX_PARTS
@@ -43,7 +47,7 @@ QUANTUM = 4  # colour grid of the counting step, in 0-255 units per channel
 MIN_SHARE = 0.002  # smallest part kept: 0.2 % of the scored pixels of a sample
 _CELLS = 256 // QUANTUM
 _MAX_ROUNDS = 100
-_SEED_CHUNK = 64  # seeds per distance block: bounds memory at 64 x distinct colours
+_SEEDS_PER_CLUSTER = 4  # at most this many seeds per cluster that can be kept (the heaviest peaks)
 
 
 def decode_with_palette(images: np.ndarray, palette: np.ndarray, limit: float | None = None) -> np.ndarray:
@@ -111,7 +115,7 @@ def cluster_colours(
     points, weights, inverse = _counted(pixels)
     total = float(weights.sum())
     # A part of min_share pixels, blurred by generation, still has a quarter of them near its peak.
-    seeds = _seeds(points, weights, bandwidth, min_share * total / 4)
+    seeds = _seeds(points, weights, bandwidth, min_share * total / 4, _SEEDS_PER_CLUSTER * max_clusters)
     modes, support = _shift(seeds, points, weights, bandwidth)
     found = _merged(modes, support, merge_distance, fixed)
     # Nearest mode, then drop the small ones (their pixels go to the nearest remaining mode).
@@ -124,10 +128,14 @@ def cluster_colours(
     keep = order[counts[order] >= min_share * scored][:max_clusters]
     if not len(fixed) and not len(keep):  # every pixel needs a mode
         keep = order[:1]
-    colours = found[keep]
-    nearest = _nearest(points, np.vstack([fixed, colours]))
-    labels = np.where(nearest < len(fixed), BACKGROUND, nearest - len(fixed)).astype(np.int16)
-    return Clusters(labels=labels[inverse].reshape(images.shape[:-1]), colours=colours)
+    nearest = _nearest(points, np.vstack([fixed, found[keep]])) - len(fixed)
+    # Number the clusters by their final size, largest first (pixels of dropped modes moved).
+    final = np.bincount(nearest[nearest >= 0], weights=weights[nearest >= 0], minlength=len(keep))
+    order = np.argsort(-final, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    labels = np.where(nearest < 0, BACKGROUND, rank[np.maximum(nearest, 0)]).astype(np.int16)
+    return Clusters(labels=labels[inverse].reshape(images.shape[:-1]), colours=found[keep][order])
 
 
 def _counted(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,9 +147,10 @@ def _counted(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sums / counts[:, None], counts.astype(np.float64), inverse.reshape(-1)
 
 
-def _seeds(points: np.ndarray, weights: np.ndarray, bandwidth: float, min_weight: float) -> np.ndarray:
+def _seeds(points: np.ndarray, weights: np.ndarray, bandwidth: float, min_weight: float, max_seeds: int) -> np.ndarray:
     """Peaks of the colour histogram: cells of the counting grid whose Gaussian-smoothed count is a
-    local maximum and that hold at least ``min_weight`` pixels within ``bandwidth``."""
+    local maximum and that hold at least ``min_weight`` pixels within ``bandwidth``; the
+    ``max_seeds`` heaviest (then in grid order)."""
     cells = np.clip(np.floor(points / QUANTUM).astype(np.int64), 0, _CELLS - 1)
     histogram = np.zeros((_CELLS,) * 3)
     histogram[tuple(cells.T)] = weights
@@ -149,27 +158,40 @@ def _seeds(points: np.ndarray, weights: np.ndarray, bandwidth: float, min_weight
     smooth = gaussian_filter(histogram, sigma=reach / 2, mode="constant")
     mass = uniform_filter(histogram, size=2 * reach + 1, mode="constant") * (2 * reach + 1) ** 3
     peaks = (smooth == maximum_filter(smooth, size=3, mode="constant")) & (mass >= max(min_weight, 0.5)) & (smooth > 0)
-    return (np.argwhere(peaks) + 0.5) * QUANTUM
+    cells = np.argwhere(peaks)
+    heaviest = np.argsort(-mass[tuple(cells.T)], kind="stable")[:max_seeds]
+    return (cells[heaviest] + 0.5) * QUANTUM
 
 
 def _shift(seeds: np.ndarray, points: np.ndarray, weights: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Flat-kernel mean-shift of every seed; returns the modes and the weight within reach of each."""
-    modes, support = [], []
-    for start in range(0, len(seeds), _SEED_CHUNK):
-        current = seeds[start : start + _SEED_CHUNK].copy()
-        for _ in range(_MAX_ROUNDS):
-            reach = (_squared(current, points) <= radius * radius) * weights  # [S, P]
-            mass = reach.sum(axis=1)
-            moved = np.where(mass[:, None] > 0, reach @ points / np.maximum(mass, 1e-12)[:, None], current)
-            done = np.abs(moved - current).max() < 0.01 if len(current) else True
-            current = moved
-            if done:
-                break
-        modes.append(current)
-        support.append((_squared(current, points) <= radius * radius) @ weights)
-    if not modes:
-        return np.zeros((0, 3)), np.zeros(0)
-    return np.vstack(modes), np.concatenate(support)
+    """Flat-kernel mean-shift of every seed; returns the modes and the weight within reach of each.
+
+    A seed stops once it moves less than 0.01; the colours within reach come from a k-d tree, so a
+    round costs what the seeds reach, not seeds x colours (noise has tens of thousands of colours).
+    """
+    tree = cKDTree(points)
+    current = seeds.astype(np.float64, copy=True)
+    moving = np.arange(len(current))
+    for _ in range(_MAX_ROUNDS):
+        if not len(moving):
+            break
+        reach = _within(tree, current[moving], radius, weights)
+        mass = np.asarray(reach.sum(axis=1)).ravel()
+        moved = np.where(mass[:, None] > 0, (reach @ points) / np.maximum(mass, 1e-12)[:, None], current[moving])
+        still = np.abs(moved - current[moving]).max(axis=1) >= 0.01
+        current[moving] = moved
+        moving = moving[still]
+    support = np.asarray(_within(tree, current, radius, weights).sum(axis=1)).ravel() if len(current) else np.zeros(0)
+    return current, support
+
+
+def _within(tree: cKDTree, centres: np.ndarray, radius: float, weights: np.ndarray) -> csr_matrix:
+    """Sparse [centres, colours]: the weight of every colour within ``radius`` of each centre."""
+    found = tree.query_ball_point(centres, radius)
+    lengths = np.array([len(f) for f in found], dtype=np.int64)
+    indices = np.concatenate([np.asarray(f, dtype=np.int64) for f in found]) if lengths.sum() else np.zeros(0, np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    return csr_matrix((weights[indices], indices, indptr), shape=(len(centres), len(weights)))
 
 
 def _merged(modes: np.ndarray, support: np.ndarray, distance: float, fixed: np.ndarray) -> np.ndarray:
@@ -184,8 +206,4 @@ def _merged(modes: np.ndarray, support: np.ndarray, distance: float, fixed: np.n
 
 
 def _nearest(points: np.ndarray, modes: np.ndarray) -> np.ndarray:
-    return np.argmin(_squared(points, modes), axis=1)
-
-
-def _squared(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1)
+    return cKDTree(modes).query(points)[1]

@@ -10,6 +10,7 @@ import pytest
 
 from models.metrics import sequence_matching
 from pipelines.build.colour import decode_part_image, encode_part_image
+from pipelines.build.dataset import MAX_PARTS
 from pipelines.build.framepack import unpack
 from pipelines.evaluate.decoding import cluster_colours, decode_by_clustering, decode_with_palette
 from schemas.assets import AssetRef
@@ -107,6 +108,16 @@ def test_small_stray_colours_join_the_nearest_part():
     images[0, 0, ys[:2], xs[:2]] = images[0, 0, ys[0], xs[0]] // 2 + 40  # two stray pixels
     labels = decode_by_clustering(images)
     assert len(np.unique(labels[labels >= 0])) == 3
+
+
+def test_noise_decodes_to_at_most_the_largest_part_count():
+    # An untrained part branch emits noise: every colour, no structure. The decoding stays bounded.
+    noise = np.random.default_rng(2).integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)
+    labels = decode_by_clustering(noise)
+    found = np.unique(labels[labels >= 0])
+    assert 1 < len(found) <= MAX_PARTS and np.array_equal(found, np.arange(len(found)))
+    sizes = np.bincount(labels[labels >= 0])
+    assert (np.diff(sizes) <= 0).all()  # numbered by size, largest first
 
 
 def test_bad_input_is_refused_with_a_reason():

@@ -10,7 +10,8 @@ at each size (best of ``--repeats``):
 - palette-free decoding (``decode_by_clustering``);
 - part metrics with per-image matching (``part_metrics_grid``, unchanged);
 - sequence-level matching and consistency (``part_metrics_sequence`` + ``part_consistency``);
-- the RGB-clustering baseline (``rgb_clustering_parts`` on the noisy maps as stand-in frames).
+- the RGB-clustering baseline (``rgb_clustering_parts`` on the noisy maps as stand-in frames);
+- palette-free decoding of uniform noise (what an untrained part branch emits: the worst case).
 
 Prints one line per step with its time and its ratio to the baseline of the same size and run,
 then a JSON summary.
@@ -63,12 +64,14 @@ def main() -> None:
         noisy = encode_part_image(truth, palette) + np.random.default_rng(0).normal(0, 6, (*truth.shape, 3))
         noisy = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
         clustered = decode_by_clustering(noisy)
+        noise = np.random.default_rng(1).integers(0, 256, noisy.shape, dtype=np.uint8)
         steps = {
             "palette decoding (baseline)": lambda: decode_with_palette(noisy, palette),
             "palette-free decoding": lambda: decode_by_clustering(noisy),
             "per-image part metrics": lambda: part_metrics_grid(clustered, truth),
             "sequence matching + consistency": lambda: (part_metrics_sequence(clustered, truth), part_consistency(clustered, truth)),
             "RGB-clustering baseline": lambda: rgb_clustering_parts(noisy),
+            "palette-free decoding of pure noise": lambda: decode_by_clustering(noise),
         }
         times = {name: best_of(args.repeats, step) for name, step in steps.items()}
         base = times["palette decoding (baseline)"]

@@ -57,8 +57,10 @@ def test_baseline_model_and_ceiling_are_side_by_side_with_intervals(report):
 
 def test_the_model_is_scored_on_novel_views_with_the_input_view_apart(report):
     model = report.methods["model"]
-    for name in ("psnr", "ssim", "psnr_input", "ssim_input"):
+    for name in ("psnr", "ssim", "ssim_input"):
         assert isinstance(model[name], Estimate) and model[name].n_assets == N_ASSETS, name
+    # The input view as given (models.pipeline after issue 11) has an infinite PSNR; regenerated, a finite one.
+    assert isinstance(model["psnr_input"], Estimate) or model["psnr_input"].endswith("the images are identical")
     stored = [s.values["model"] for s in report.samples]
     assert model["psnr"].value == pytest.approx(sum(v["psnr"] for v in stored) / N_ASSETS)  # one sample per asset
     assert [v["psnr"] for v in stored] != [v["psnr_input"] for v in stored]

@@ -1,9 +1,11 @@
 """The flow ``evaluate-sp4d``: score a checkpoint (and optionally a baseline) on held-out assets.
 
-The scoring is :mod:`pipelines.evaluate.evaluation`; this flow runs it per checkpoint, writes the report as
-JSON and markdown beside the run (``<run_dir>/evaluations/``), and publishes the markdown table as an
-artifact. With ``baseline`` the two checkpoints are scored on the same items with the same noise and
-shown side by side.
+The scoring is :mod:`pipelines.evaluate.evaluation` (the model beside the RGB-clustering baseline, the
+true-palette oracle and the ground-truth ceiling, every metric with its count and bootstrap interval);
+this flow runs it per checkpoint, writes the report as JSON and markdown beside the run
+(``<run_dir>/evaluations/``), and publishes the markdown as an artifact. With ``baseline`` the two
+checkpoints are scored on the same items with the same noise, and the report adds their paired
+differences and whether their intervals overlap.
 """
 
 from __future__ import annotations
@@ -72,9 +74,9 @@ def evaluate_sp4d(
     """Evaluate ``checkpoint`` (a checkpoint folder, or a run folder: its newest checkpoint).
 
     ``config`` holds :class:`pipelines.evaluate.evaluation.EvalConfig` fields: the split (held-out ``val`` by
-    default), how many samples, sampler steps, seed, and the paths of the LPIPS, CLIP and I3D networks
-    (metrics without one are reported as "not computed"). Reports go to ``report_dir``, by default
-    ``<run_dir>/evaluations``.
+    default), how many samples, sampler steps, seed, bootstrap draws, the FVD threshold, and the paths of
+    the LPIPS, CLIP, I3D and SAM 2 weights (metrics without them are reported as "not computed").
+    Reports go to ``report_dir``, by default ``<run_dir>/evaluations``.
     """
     eval_config = parse_config(config)
     target = resolve_checkpoint(checkpoint)

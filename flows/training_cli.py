@@ -53,9 +53,17 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--json", action="store_true", help="print the training report as JSON")
     train.set_defaults(handler=run_train_command)
 
-    evaluate = subparsers.add_parser("evaluate", help="score a checkpoint on held-out assets (the evaluate-sp4d flow)")
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="score a checkpoint on held-out assets beside baselines (the evaluate-sp4d flow)",
+        description="Score a checkpoint on held-out assets: part metrics of its part maps decoded without the "
+        "palette (beside the true-palette oracle, an RGB-clustering baseline and the ground-truth ceiling), "
+        "per-image and per-sample matching, cross-view and cross-frame consistency, RGB metrics on the novel "
+        "views (the input view apart), each with its sample count and a 95% bootstrap interval over assets. "
+        "Metric definitions: docs/training.md.",
+    )
     evaluate.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
-    evaluate.add_argument("--baseline", help="a second checkpoint to compare side by side")
+    evaluate.add_argument("--baseline", help="a second checkpoint scored on the same items: differences with paired intervals")
     evaluate.add_argument("--split", choices=["val", "train"])
     evaluate.add_argument("--samples", dest="max_samples", type=int, help="items to score (default 8)")
     evaluate.add_argument("--steps", dest="inference_steps", type=int, help="sampler steps (default 25)")
@@ -65,6 +73,12 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--lpips", dest="lpips_path", help="TorchScript LPIPS network")
     evaluate.add_argument("--clip", dest="clip_path", help="TorchScript CLIP image encoder")
     evaluate.add_argument("--i3d", dest="i3d_path", help="TorchScript I3D detector for FVD")
+    evaluate.add_argument("--sam2", dest="sam2_path", help="SAM 2 weights for the segmentation baseline (default weights/sam2)")
+    evaluate.add_argument(
+        "--fvd-min-videos", dest="fvd_min_videos", type=int,
+        help="compute FVD only from this many videos a side (default 512: fewer say 'not computed: N videos, need M')",
+    )
+    evaluate.add_argument("--fvd-min-frames", dest="fvd_min_frames", type=int, help="compute FVD only on videos this long (default 16)")
     evaluate.add_argument("--report-dir", help="where the JSON and markdown go (default <run>/evaluations)")
     evaluate.add_argument("--json", action="store_true", help="print the report JSON")
     evaluate.set_defaults(handler=run_evaluate_command)
@@ -117,7 +131,10 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     apply_prefect_settings()  # before anything imports Prefect: it reads its settings once
     from pipelines.train.checkpoints import RunError
 
-    fields = ("split", "max_samples", "inference_steps", "seed", "lance_uri", "version", "lpips_path", "clip_path", "i3d_path")
+    fields = (
+        "split", "max_samples", "inference_steps", "seed", "lance_uri", "version",
+        "lpips_path", "clip_path", "i3d_path", "sam2_path", "fvd_min_videos", "fvd_min_frames",
+    )
     config = _fields(args, fields)
     try:
         from flows.evaluate import evaluate_sp4d, parse_config

@@ -1,16 +1,23 @@
-"""Evaluation metrics: kinematic part segmentation (mIoU, ARI, F1, mean accuracy) and RGB (PSNR, SSIM).
+"""Evaluation metrics: kinematic part segmentation (mIoU, ARI, F1, mean accuracy), the consistency
+of part identities across views and frames, and RGB (PSNR, SSIM).
 
-Part metrics compare a predicted and a true label map (integers, -1 = background). Only pixels that
-are foreground in the truth are scored: the metrics measure how the object is split into parts, not
-its silhouette; a foreground pixel predicted as -1 is a miss. Predicted parts are matched one-to-one to
+Part metrics compare a predicted and a true label map (integers, -1 = background). The scored pixels
+are the union of true and predicted foreground: a true-foreground pixel predicted as -1 is a miss, and
+a part painted over the true background is an error (it enlarges that predicted part, lowering its
+IoU, and is a pixel of its own true cluster, -1, in the ARI). Predicted parts are matched one-to-one to
 true parts by Hungarian matching on IoU, so the label values themselves do not matter.
 
 - ``miou``: mean over true parts of the IoU with the matched predicted part (0 when unmatched).
 - ``mean_accuracy``: mean over true parts of the fraction of its pixels given the matched label.
 - ``f1``: matched-part F1; a true part is found when its matched part's IoU is at least
   ``iou_threshold`` (0.5), so F1 = 2 * found / (n_true_parts + n_predicted_parts).
-- ``ari``: adjusted Rand index (Hubert and Arabie) between the two labellings of the scored pixels;
-  no matching needed.
+- ``ari``: adjusted Rand index (Hubert and Arabie) between the two labellings of the scored pixels
+  (background, -1, is a label like any other); no matching needed.
+
+Matching can be per image (the default: a model that swaps two parts' labels between views still
+scores 1) or fixed for a whole sample (:func:`sequence_matching`, one assignment over every view and
+frame: :func:`part_metrics_sequence`). :func:`part_consistency` counts the pixels whose part keeps
+its matched identity across views and frames.
 
 An image with no true foreground scores NaN, and the grid aggregation skips it.
 """
@@ -18,12 +25,14 @@ An image with no true foreground scores NaN, and the grid aggregation skips it.
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.optimize import linear_sum_assignment
 
 PART_METRICS = ("miou", "ari", "f1", "mean_accuracy")
+CONSISTENCY_METRICS = ("consistency", "consistency_views", "consistency_frames")
 
 # SSIM as in Wang et al. 2004: 11x11 Gaussian window (sigma 1.5, radius 5), K1 = 0.01, K2 = 0.03.
 _SSIM_SIGMA = 1.5
@@ -33,37 +42,70 @@ _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
 
 
-def part_metrics(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
-    """mIoU, ARI, F1 and mean accuracy of one predicted label map against the truth (same shape)."""
+class _Table:
+    """The contingency of two labellings over the union of their foregrounds, and the IoU of every
+    (true part, predicted part) pair."""
+
+    def __init__(self, pred: np.ndarray, true: np.ndarray):
+        scored = (true >= 0) | (pred >= 0)
+        self.true_ids, true_idx = np.unique(true[scored], return_inverse=True)
+        self.pred_ids, pred_idx = np.unique(pred[scored], return_inverse=True)
+        shape = (len(self.true_ids), len(self.pred_ids))
+        self.counts = np.bincount(true_idx * shape[1] + pred_idx, minlength=shape[0] * shape[1]).reshape(shape)
+        true_parts, pred_parts = self.true_ids >= 0, self.pred_ids >= 0
+        self.parts = self.true_ids[true_parts]  # true part labels (rows of overlap / iou)
+        self.predicted = self.pred_ids[pred_parts]  # predicted part labels (columns)
+        self.overlap = self.counts[true_parts][:, pred_parts].astype(np.float64)
+        # Sizes over every scored pixel: a predicted part's pixels on the true background count too.
+        self.true_size = self.counts[true_parts].sum(axis=1).astype(np.float64)
+        pred_size = self.counts[:, pred_parts].sum(axis=0).astype(np.float64)
+        union = self.true_size[:, None] + pred_size[None, :] - self.overlap
+        self.iou = np.divide(self.overlap, union, out=np.zeros_like(self.overlap), where=union > 0)
+
+    def hungarian(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column indices of the matching that maximises the summed IoU."""
+        return linear_sum_assignment(self.iou, maximize=True)
+
+    def pairs(self, matching: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column indices of a given matching (predicted label -> true label) present here."""
+        row_of = {int(t): i for i, t in enumerate(self.parts)}
+        found = [(row_of[int(t)], j) for j, p in enumerate(self.predicted) if (t := matching.get(int(p))) is not None and int(t) in row_of]
+        rows = np.array([r for r, _ in found], dtype=np.int64)
+        cols = np.array([c for _, c in found], dtype=np.int64)
+        return rows, cols
+
+    def identities(self, matching: Mapping[int, int] | None = None) -> dict[int, int]:
+        """True part -> matched predicted label, for matched pairs that share at least one pixel."""
+        rows, cols = self.hungarian() if matching is None else self.pairs(matching)
+        return {int(self.parts[r]): int(self.predicted[c]) for r, c in zip(rows, cols) if self.overlap[r, c] > 0}
+
+
+def part_metrics(
+    pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5, matching: Mapping[int, int] | None = None
+) -> dict[str, float]:
+    """mIoU, ARI, F1 and mean accuracy of one predicted label map against the truth (same shape).
+
+    ``matching`` (predicted label -> true label) fixes the assignment, as :func:`sequence_matching`
+    gives it for a whole sample; without it, this image's own Hungarian matching is used.
+    """
     pred = np.asarray(pred)
     true = np.asarray(true)
     if pred.shape != true.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {true.shape}")
-    scored = true >= 0
-    if not scored.any():
+    if not (true >= 0).any():
         return {name: math.nan for name in PART_METRICS}
-    true_ids, true_idx = np.unique(true[scored], return_inverse=True)
-    pred_ids, pred_idx = np.unique(pred[scored], return_inverse=True)
-    counts = np.bincount(true_idx * len(pred_ids) + pred_idx, minlength=len(true_ids) * len(pred_ids))
-    contingency = counts.reshape(len(true_ids), len(pred_ids))
-
-    # Predicted -1 is "no part": it takes part in the ARI but can never be matched.
-    parts = pred_ids >= 0
-    overlap = contingency[:, parts].astype(np.float64)
-    true_size = contingency.sum(axis=1).astype(np.float64)
-    pred_size = overlap.sum(axis=0)
-    iou = overlap / (true_size[:, None] + pred_size[None, :] - overlap)
-    rows, cols = linear_sum_assignment(iou, maximize=True)
-    matched_iou = np.zeros(len(true_ids))
-    matched_iou[rows] = iou[rows, cols]
-    matched_pixels = np.zeros(len(true_ids))
-    matched_pixels[rows] = overlap[rows, cols]
+    table = _Table(pred, true)
+    rows, cols = table.hungarian() if matching is None else table.pairs(matching)
+    matched_iou = np.zeros(len(table.parts))
+    matched_iou[rows] = table.iou[rows, cols]
+    matched_pixels = np.zeros(len(table.parts))
+    matched_pixels[rows] = table.overlap[rows, cols]
     found = int((matched_iou >= iou_threshold).sum())
     return {
         "miou": float(matched_iou.mean()),
-        "ari": adjusted_rand_index(contingency),
-        "f1": 2.0 * found / (len(true_ids) + int(parts.sum())),
-        "mean_accuracy": float((matched_pixels / true_size).mean()),
+        "ari": adjusted_rand_index(table.counts),
+        "f1": 2.0 * found / (len(table.parts) + len(table.predicted)),
+        "mean_accuracy": float((matched_pixels / table.true_size).mean()),
     }
 
 
@@ -93,21 +135,28 @@ def _pairs(counts: np.ndarray) -> np.ndarray:
     return counts * (counts - 1) // 2
 
 
-def part_metrics_grid(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5) -> dict:
-    """Part metrics of every image of a [V, F, H, W] grid.
+def _check_grids(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred)
+    true = np.asarray(true)
+    if pred.shape != true.shape or pred.ndim != 4:
+        raise ValueError(f"expected two [V, F, H, W] grids of one shape, got {pred.shape} and {true.shape}")
+    return pred, true
+
+
+def part_metrics_grid(
+    pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5, matching: Mapping[int, int] | None = None
+) -> dict:
+    """Part metrics of every image of a [V, F, H, W] grid (per-image matching, or ``matching`` for all).
 
     Returns each metric's mean over all scored images, plus ``per_view`` (V dicts, mean over frames)
     and ``per_frame`` (F dicts, mean over views). Images without true foreground are skipped (NaN
     where a view or frame has none at all).
     """
-    pred = np.asarray(pred)
-    true = np.asarray(true)
-    if pred.shape != true.shape or pred.ndim != 4:
-        raise ValueError(f"expected two [V, F, H, W] grids of one shape, got {pred.shape} and {true.shape}")
+    pred, true = _check_grids(pred, true)
     n_views, n_frames = true.shape[:2]
     scores = np.array(
         [
-            [[part_metrics(pred[v, f], true[v, f], iou_threshold)[m] for m in PART_METRICS] for f in range(n_frames)]
+            [[part_metrics(pred[v, f], true[v, f], iou_threshold, matching)[m] for m in PART_METRICS] for f in range(n_frames)]
             for v in range(n_views)
         ]
     )  # [V, F, metric]
@@ -123,6 +172,72 @@ def part_metrics_grid(pred: np.ndarray, true: np.ndarray, iou_threshold: float =
         "per_view": [means(scores[v]) for v in range(n_views)],
         "per_frame": [means(scores[:, f]) for f in range(n_frames)],
     }
+
+
+def sequence_matching(pred: np.ndarray, true: np.ndarray) -> dict[int, int]:
+    """One Hungarian matching (predicted label -> true label) on IoUs pooled over every pixel given:
+    a sample's whole [V, F, H, W] grid, so a label means one part in every view and frame."""
+    table = _Table(np.asarray(pred), np.asarray(true))
+    rows, cols = table.hungarian()
+    return {int(table.predicted[c]): int(table.parts[r]) for r, c in zip(rows, cols)}
+
+
+def part_metrics_sequence(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5) -> dict:
+    """:func:`part_metrics_grid` with one matching for the whole sample (:func:`sequence_matching`).
+
+    mIoU, F1 and mean accuracy are per image, as in :func:`part_metrics_grid`, but under the
+    sample's single matching, so a label that changes part between views or frames is an error.
+    ARI needs no matching; its sequence form pools pixels instead: over the whole grid, over each
+    view's frames (``per_view``) and over each frame's views (``per_frame``).
+    """
+    pred, true = _check_grids(pred, true)
+    scores = part_metrics_grid(pred, true, iou_threshold, sequence_matching(pred, true))
+    scores["ari"] = _pooled_ari(pred, true)
+    for v, view in enumerate(scores["per_view"]):
+        view["ari"] = _pooled_ari(pred[v], true[v])
+    for f, frame in enumerate(scores["per_frame"]):
+        frame["ari"] = _pooled_ari(pred[:, f], true[:, f])
+    return scores
+
+
+def _pooled_ari(pred: np.ndarray, true: np.ndarray) -> float:
+    return adjusted_rand_index(_Table(pred, true).counts) if (true >= 0).any() else math.nan
+
+
+def part_consistency(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """How often a part keeps its identity: fractions of true-foreground pixels of a [V, F, H, W] grid.
+
+    In each image every true part has an identity, the predicted label matched to it by that image's
+    own Hungarian matching (none when unmatched or sharing no pixel). A pixel is consistent when its
+    part's identity in its image equals the part's identity over a group of images (matching pooled
+    over the group):
+
+    - ``consistency``: the group is the whole sample (:func:`sequence_matching`);
+    - ``consistency_views``: the group is the pixel's frame, all views (a swap between views);
+    - ``consistency_frames``: the group is the pixel's view, all frames (a swap over time).
+
+    A part that is consistently missed (no identity anywhere) counts as consistent: this measures
+    identity swaps, not segmentation quality, which mIoU measures.
+    """
+    pred, true = _check_grids(pred, true)
+    n_views, n_frames = true.shape[:2]
+    whole = _Table(pred, true).identities()
+    per_frame = [_Table(pred[:, f], true[:, f]).identities() for f in range(n_frames)]
+    per_view = [_Table(pred[v], true[v]).identities() for v in range(n_views)]
+    kept = {name: 0 for name in CONSISTENCY_METRICS}
+    total = 0
+    for v in range(n_views):
+        for f in range(n_frames):
+            if not (true[v, f] >= 0).any():
+                continue
+            table = _Table(pred[v, f], true[v, f])
+            own = table.identities()
+            for part, size in zip(table.parts, table.true_size):
+                part = int(part)
+                total += int(size)
+                for name, reference in (("consistency", whole), ("consistency_views", per_frame[f]), ("consistency_frames", per_view[v])):
+                    kept[name] += int(size) * (own.get(part) == reference.get(part))
+    return {name: kept[name] / total if total else math.nan for name in CONSISTENCY_METRICS}
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float:

@@ -205,6 +205,7 @@ class KinematicPartsDataset(Dataset):
         palette[: len(row.palette)] = row.palette
         return {
             "sample_id": row.sample_id,
+            "sha256": row.sha256,  # the asset: evaluation's statistics resample assets
             "rgb": _to_signed_unit(rgb),
             "parts": _to_signed_unit(parts),
             "part_ids": torch.from_numpy(part_ids.astype(np.int64)),

@@ -13,7 +13,7 @@ key. The files and the calling convention each expects:
 - FVD: the I3D detector of StyleGAN-V / fvd-comparison (``i3d_torchscript.pt``), called as
   ``module(videos, rescale=False, resize=True, return_features=True)`` with float
   ``[N, 3, T, H, W]`` videos in [-1, 1] -> ``[N, D]`` features. The Frechet distance of the two
-  feature sets needs at least two videos a side. Videos read a grid ``[V, F]`` four ways (SV4D):
+  feature sets is computed only above a stated number of videos and frames (:class:`LearnedMetrics`). Videos read a grid ``[V, F]`` four ways (SV4D):
   FVD-F along the frames of each view, FVD-V along the views of each frame, FVD-Diag along the
   diagonal (view i, frame i), FV4D through every view and frame, views reversed on odd frames.
 """
@@ -36,6 +36,8 @@ CLIP_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BATCH = 16
+FVD_MIN_VIDEOS = 512
+FVD_MIN_FRAMES = 16
 
 
 def not_computed(reason: str) -> str:
@@ -55,31 +57,59 @@ def load_scripted(path: str | None, what: str) -> torch.jit.ScriptModule | str:
 
 
 class LearnedMetrics:
-    """Collects generated and true grids sample by sample, then computes every learned metric."""
+    """Scores generated against true grids sample by sample (LPIPS, CLIP-S), and keeps the grids for
+    the set-level FVD family.
 
-    def __init__(self, lpips_path: str | None = None, clip_path: str | None = None, i3d_path: str | None = None):
+    FVD is a distance between two distributions of I3D features (400 dimensions): with fewer videos
+    than dimensions the covariances are singular and the number mostly measures the sample size. It
+    is computed only from ``fvd_min_videos`` videos a side (default 512, above the feature dimension;
+    StyleGAN-V's FVD uses 2048) of at least ``fvd_min_frames`` frames (default 16, the clip length
+    FVD is defined on, Unterthiner et al. 2018), else reported as "not computed: N videos, need M".
+    """
+
+    def __init__(
+        self,
+        lpips_path: str | None = None,
+        clip_path: str | None = None,
+        i3d_path: str | None = None,
+        fvd_min_videos: int = FVD_MIN_VIDEOS,
+        fvd_min_frames: int = FVD_MIN_FRAMES,
+    ):
         self.lpips = load_scripted(lpips_path, "LPIPS")
         self.clip = load_scripted(clip_path, "CLIP")
         self.i3d = load_scripted(i3d_path, "I3D")
-        self.generated: list[np.ndarray] = []  # uint8 [V, F, H, W, 3] per sample
+        self.fvd_min_videos, self.fvd_min_frames = max(fvd_min_videos, 2), fvd_min_frames
+        self.generated: list[np.ndarray] = []  # uint8 [V, F, H, W, 3] per sample, kept for FVD
         self.true: list[np.ndarray] = []
-
-    def add(self, generated: np.ndarray, true: np.ndarray) -> None:
-        if generated.shape != true.shape or generated.ndim != 5:
-            raise ValueError(f"expected two uint8 [V, F, H, W, 3] grids of one shape, got {generated.shape} and {true.shape}")
-        self.generated.append(generated)
-        self.true.append(true)
+        self.per_sample: list[dict[str, MetricValue]] = []
 
     @torch.no_grad()
-    def compute(self) -> dict[str, MetricValue]:
-        if not self.generated:
-            return {name: not_computed("no samples") for name in LEARNED_METRICS}
-        images_gen = _images(np.concatenate([g.reshape(-1, *g.shape[2:]) for g in self.generated]))
-        images_true = _images(np.concatenate([t.reshape(-1, *t.shape[2:]) for t in self.true]))
-        results: dict[str, MetricValue] = {
+    def add(self, generated: np.ndarray, true: np.ndarray) -> dict[str, MetricValue]:
+        """Score one sample's grids; returns (and keeps) its LPIPS and CLIP-S."""
+        if generated.shape != true.shape or generated.ndim != 5:
+            raise ValueError(f"expected two uint8 [V, F, H, W, 3] grids of one shape, got {generated.shape} and {true.shape}")
+        images_gen = _images(generated.reshape(-1, *generated.shape[2:]))
+        images_true = _images(true.reshape(-1, *true.shape[2:]))
+        scores: dict[str, MetricValue] = {
             "lpips": _guarded(self.lpips, lambda net: _lpips(net, images_gen, images_true)),
             "clip_s": _guarded(self.clip, lambda net: _clip_similarity(net, images_gen, images_true)),
         }
+        self.per_sample.append(scores)
+        if not isinstance(self.i3d, str):
+            self.generated.append(generated)
+            self.true.append(true)
+        return scores
+
+    @torch.no_grad()
+    def compute(self) -> dict[str, MetricValue]:
+        """LPIPS and CLIP-S averaged over the samples, and the FVD family over all of them."""
+        if not self.per_sample:
+            return {name: not_computed("no samples") for name in LEARNED_METRICS}
+        results: dict[str, MetricValue] = {}
+        for name in ("lpips", "clip_s"):
+            values = [s[name] for s in self.per_sample]
+            reasons = [v for v in values if isinstance(v, str)]
+            results[name] = reasons[0] if reasons else float(np.mean(values))
         for name in FVD_METRICS:
             results[name] = _guarded(self.i3d, lambda net, name=name: self._fvd(net, name))
         return results
@@ -87,8 +117,10 @@ class LearnedMetrics:
     def _fvd(self, net: torch.jit.ScriptModule, name: str) -> float:
         generated = [video for grid in self.generated for video in grid_videos(grid, name)]
         true = [video for grid in self.true for video in grid_videos(grid, name)]
-        if len(generated) < 2:
-            raise _NotComputed(f"{name} needs at least 2 videos a side, got {len(generated)}")
+        if len(generated) < self.fvd_min_videos:
+            raise _NotComputed(f"{len(generated)} videos, need {self.fvd_min_videos}")
+        if len(generated[0]) < self.fvd_min_frames:
+            raise _NotComputed(f"videos of {len(generated[0])} frames, need {self.fvd_min_frames}")
         return frechet_distance(_i3d_features(net, generated), _i3d_features(net, true))
 
 

@@ -53,7 +53,9 @@ def test_two_checkpoints_are_scored_side_by_side_into_json_markdown_and_an_artif
     assert set(by_key) == {"kp20k-eval-report", "kp20k-eval-progress"} and by_key["kp20k-eval-progress"].data == 100.0
     table = by_key["kp20k-eval-report"].data
     assert "| metric | step 2 | step 1 |" in table and Path(result.markdown_path).read_text() in table
-    assert f"| miou | {comparison.report.metrics['miou']:.4f} | {comparison.baseline.metrics['miou']:.4f} |" in table
+    report, baseline = comparison.report, comparison.baseline
+    assert f"| model | miou | {report.metrics['miou']:.4f} (n=1) | {baseline.metrics['miou']:.4f} (n=1) |" in table
+    assert "### Parts, step 2" in table and "### Parts, step 1" in table and "RGB clustering (training-free baseline)" in table
 
 
 def test_the_command_prints_the_report_json_and_refuses_bad_arguments(run_dir, capsys):

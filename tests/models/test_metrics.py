@@ -10,8 +10,11 @@ import pytest
 
 from models.metrics import (
     adjusted_rand_index,
+    part_consistency,
     part_metrics,
     part_metrics_grid,
+    part_metrics_sequence,
+    sequence_matching,
     psnr,
     ssim,
 )
@@ -78,10 +81,20 @@ def test_a_missed_pixel_inside_one_part():
     assert scores == {"miou": 0.75, "ari": 0.0, "f1": 1.0, "mean_accuracy": 0.75}
 
 
-def test_background_pixels_of_the_truth_are_ignored():
+def test_parts_painted_over_the_background_are_errors():
+    # The union of true and predicted foreground is scored: 8 pixels.
     true = np.array([[-1, -1, 0, 0], [1, 1, -1, -1]])
-    pred = np.array([[5, 5, 0, 0], [1, 1, 9, 9]])  # labels 5 and 9 only on background: not parts
-    assert part_metrics(pred, true) == {"miou": 1.0, "ari": 1.0, "f1": 1.0, "mean_accuracy": 1.0}
+    pred = np.array([[5, 5, 0, 0], [1, 1, 9, 9]])  # labels 5 and 9 painted over the background
+    # Matching t0<->p0, t1<->p1 (IoU 1 each); p5 and p9 stay unmatched.
+    #   mIoU 1, mean accuracy 1 (every true pixel has its label); F1 = 2 * 2 / (2 true + 4 predicted) = 2/3.
+    # ARI over 8 pixels, contingency rows (-1, 0, 1) x columns (0, 1, 5, 9): [[0, 0, 2, 2], [2, 0, 0, 0], [0, 2, 0, 0]]
+    #   index = 4 C(2,2) = 4; rows = C(4,2) + 2 C(2,2) = 8; columns = 4 C(2,2) = 4
+    #   expected = 8 * 4 / C(8,2) = 32/28 = 8/7; max = 6: ARI = (4 - 8/7) / (6 - 8/7) = 20/34 = 10/17
+    assert part_metrics(pred, true) == pytest.approx({"miou": 1.0, "ari": 10 / 17, "f1": 2 / 3, "mean_accuracy": 1.0}, abs=1e-12)
+    # Part 0 spilling onto the background: IoU 2 / 4 for part 0.
+    spilled = np.array([[0, 0, 0, 0], [1, 1, -1, -1]])
+    assert part_metrics(spilled, true)["miou"] == pytest.approx((0.5 + 1.0) / 2)
+    assert part_metrics(true, true) == {"miou": 1.0, "ari": 1.0, "f1": 1.0, "mean_accuracy": 1.0}
 
 
 def test_a_truth_without_foreground_scores_nan():
@@ -164,6 +177,69 @@ def test_grid_view_without_any_truth_is_nan():
 def test_grid_needs_two_matching_four_dimensional_grids():
     with pytest.raises(ValueError, match="V, F, H, W"):
         part_metrics_grid(TWO_HALVES, TWO_HALVES)
+
+
+def swapped_grid(n_views: int, n_frames: int, swapped: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Truth TWO_HALVES in every cell of a [V, F] grid; the prediction swaps parts 0 and 1 in the given cells."""
+    true = np.broadcast_to(TWO_HALVES, (n_views, n_frames, 4, 4)).copy()
+    pred = true.copy()
+    for v, f in swapped:
+        pred[v, f] = 1 - TWO_HALVES
+    return pred, true
+
+
+def test_a_swap_between_views_keeps_per_image_scores_but_not_sequence_scores():
+    # Three views x two frames; view 1 swaps the two parts in both frames.
+    pred, true = swapped_grid(3, 2, [(1, 0), (1, 1)])
+    assert part_metrics_grid(pred, true)["miou"] == 1.0  # every image on its own is perfect
+    # One matching for the sample: label 0 covers t0 in 4 images (32 px) and t1 in 2 (16 px);
+    # pooled IoU(t0, p0) = 32 / (48 + 48 - 32) = 1/2 beats IoU(t0, p1) = 16 / 80: p0 -> t0, p1 -> t1.
+    assert sequence_matching(pred, true) == {0: 0, 1: 1}
+    sequence = part_metrics_sequence(pred, true)
+    # Under that matching the four unswapped images score 1 and the two swapped ones 0.
+    assert sequence["miou"] == pytest.approx(4 / 6) and sequence["mean_accuracy"] == pytest.approx(4 / 6)
+    assert sequence["f1"] == pytest.approx(4 / 6)
+    assert [v["miou"] for v in sequence["per_view"]] == [1.0, 0.0, 1.0]
+    # Pooled ARI over the 96 pixels: contingency [[32, 16], [16, 32]].
+    index, rows = 2 * comb2(32) + 2 * comb2(16), 2 * comb2(48)
+    expected = Fraction(rows * rows, comb2(96))
+    assert sequence["ari"] == pytest.approx(float((index - expected) / (rows - expected)), rel=1e-12)
+    assert [v["ari"] for v in sequence["per_view"]] == [1.0, 1.0, 1.0]  # each view on its own is consistent
+    # Two thirds of the pixels keep the sample's identity, and of their frame's; all keep their view's.
+    assert part_consistency(pred, true) == pytest.approx(
+        {"consistency": 2 / 3, "consistency_views": 2 / 3, "consistency_frames": 1.0}
+    )
+
+
+def test_a_swap_over_time_is_a_frame_inconsistency():
+    # Two views x three frames; frame 2 swaps the parts in both views.
+    pred, true = swapped_grid(2, 3, [(0, 2), (1, 2)])
+    assert part_metrics_grid(pred, true)["miou"] == 1.0
+    assert part_metrics_sequence(pred, true)["miou"] == pytest.approx(4 / 6)
+    assert part_consistency(pred, true) == pytest.approx(
+        {"consistency": 2 / 3, "consistency_views": 1.0, "consistency_frames": 2 / 3}
+    )
+
+
+def test_a_consistent_prediction_scores_the_same_at_both_levels():
+    pred, true = swapped_grid(2, 2, [])
+    relabelled = np.choose(pred, [4, 2])  # one relabelling for the whole sample
+    per_image, sequence = part_metrics_grid(relabelled, true), part_metrics_sequence(relabelled, true)
+    assert {m: sequence[m] for m in ("miou", "ari", "f1", "mean_accuracy")} == {m: per_image[m] for m in ("miou", "ari", "f1", "mean_accuracy")}
+    assert part_consistency(relabelled, true) == {"consistency": 1.0, "consistency_views": 1.0, "consistency_frames": 1.0}
+
+
+def test_consistency_ignores_a_part_missed_everywhere_and_counts_a_relabelled_one():
+    # THREE_COLUMNS truth; the prediction merges parts 1 and 2 in every image: one of them has no
+    # identity anywhere, which is consistent (mIoU counts the miss, consistency counts swaps).
+    true = np.broadcast_to(THREE_COLUMNS, (2, 2, 4, 4)).copy()
+    merged = np.broadcast_to(TWO_HALVES, (2, 2, 4, 4)).copy()
+    assert part_consistency(merged, true)["consistency"] == 1.0
+    # Two parts, one image labels part 1 as 7: the sample matches t1 to label 1 (pooled IoU 24/32),
+    # so that image's 8 pixels of part 1 change identity: 1 - 8/64.
+    pred, truth = swapped_grid(2, 2, [])
+    pred[1, 1][TWO_HALVES == 1] = 7
+    assert part_consistency(pred, truth)["consistency"] == pytest.approx(1 - 8 / 64)
 
 
 def test_psnr_by_hand():

@@ -47,6 +47,7 @@ from models.metrics import (
     psnr,
     ssim,
 )
+from models.image_encoder import OpenCLIPImageEncoder
 from models.pipeline import SP4DPipeline, SP4DSample
 from models.sp4d import SP4DModel
 from models.vae import LatentCodec, VAECodec, to_uint8
@@ -66,7 +67,7 @@ from pipelines.evaluate.learned_metrics import (
 from pipelines.evaluate.statistics import RESAMPLES, Difference, Estimate, difference, estimate
 from pipelines.train.checkpoints import Checkpoint, CheckpointRecord, DatasetPin
 from pipelines.train.latents import load_codec
-from pipelines.train.loop import MODEL_FOLDER, relative_degrees, zero_context
+from pipelines.train.loop import MODEL_FOLDER, conditioning_encoder, relative_degrees
 from pipelines.version import code_version
 from schemas.assets import utcnow
 
@@ -168,18 +169,28 @@ def load_model(checkpoint: Checkpoint, device: torch.device | str) -> SP4DModel:
     return SP4DModel.from_pretrained(checkpoint.path / MODEL_FOLDER).to(device).eval()
 
 
-def generate(model: SP4DModel, codec: LatentCodec, batch: dict[str, Any], steps: int, seed: int) -> SP4DSample:
-    """Generate every view of the batch's input video (view 0)."""
-    device = model.device
+def load_image_encoder_of(record: CheckpointRecord, model: SP4DModel) -> OpenCLIPImageEncoder | None:
+    """The image encoder the run trained with (None for the tiny demo, which trained on a zero context)."""
+    encoder = conditioning_encoder(record.config, model.config.branch_config["context_dim"])
+    return None if encoder is None else encoder.to(model.device).eval()
+
+
+def generate(
+    model: SP4DModel,
+    codec: LatentCodec,
+    batch: dict[str, Any],
+    steps: int,
+    seed: int,
+    image_encoder: OpenCLIPImageEncoder | None = None,
+) -> SP4DSample:
+    """Generate every view of the batch's input video (view 0), conditioned as the run was trained."""
     video = to_uint8(batch["rgb"][:, 0])  # [B, F, H, W, 3]
     cameras = batch["cameras"]
-    context = zero_context(len(video), model.config.branch_config["context_dim"], device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return SP4DPipeline(model, codec)(
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    return SP4DPipeline(model, codec, image_encoder=image_encoder)(
         video,
         relative_degrees(cameras["elevation"]),
         relative_degrees(cameras["azimuth"]),
-        context,
         num_inference_steps=steps,
         generator=generator,
     )
@@ -244,13 +255,14 @@ def evaluate_checkpoint(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(checkpoint, device)
     codec = _codec(record.config.vae_path, device)
+    encoder = load_image_encoder_of(record, model)
     learned = LearnedMetrics(config.lpips_path, config.clip_path, config.i3d_path, config.fvd_min_videos, config.fvd_min_frames)
     count = len(dataset) if config.max_samples is None else min(config.max_samples, len(dataset))
     raw: list[dict[str, dict[str, Any]]] = []
     samples: list[SampleScores] = []
     for index in range(count):
         batch = collate([dataset[index]])
-        sample = generate(model, codec, batch, config.inference_steps, config.seed + index)
+        sample = generate(model, codec, batch, config.inference_steps, config.seed + index, encoder)
         rows = {**score(sample, batch), **score_baselines(batch, codec, device)}
         if sample.rgb.shape[1] > 1:  # novel views only
             rows["model"].update(learned.add(sample.rgb[0][1:], to_uint8(batch["rgb"][0])[1:]))
@@ -448,7 +460,8 @@ def preview(checkpoint: Checkpoint, inference_steps: int, seed: int = 0) -> byte
     device = "cuda" if torch.cuda.is_available() else "cpu"
     codec = _codec(record.config.vae_path, device)
     batch = collate([dataset[0]])
-    sample = generate(load_model(checkpoint, device), codec, batch, inference_steps, seed)
+    model = load_model(checkpoint, device)
+    sample = generate(model, codec, batch, inference_steps, seed, load_image_encoder_of(record, model))
     return preview_png(batch, sample)
 
 

@@ -299,3 +299,29 @@ def test_frechet_distance_of_a_shifted_set_is_the_squared_shift():
     features = np.random.default_rng(0).normal(size=(50, 3))
     assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-6)
     assert frechet_distance(features + [1.0, 2.0, 0.0], features) == pytest.approx(5.0, abs=1e-6)
+
+
+def test_generation_is_conditioned_by_the_image_encoder_the_run_trained_with(run_dir, batch, tmp_path):
+    from types import SimpleNamespace
+
+    from models.errors import WeightsNotFoundError
+    from models.image_encoder import OpenCLIPImageEncoder
+    from pipelines.evaluate.evaluation import generate, load_image_encoder_of, load_model
+
+    checkpoint = latest_checkpoint(run_dir)
+    record, model = checkpoint.record(), load_model(checkpoint, "cpu")
+    assert load_image_encoder_of(record, model) is None  # the tiny demo trained on a zero context
+    torch.manual_seed(0)
+    OpenCLIPImageEncoder(**OpenCLIPImageEncoder.tiny_config()).save_pretrained(tmp_path / "clip")
+    named = SimpleNamespace(config=record.config.model_copy(update={"image_encoder": str(tmp_path / "clip")}))
+    encoder = load_image_encoder_of(named, model)
+    assert isinstance(encoder, OpenCLIPImageEncoder) and not encoder.training
+    calls = []
+    encoder.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+    codec = PixelCodec()
+    generate(model, codec, batch, 1, 0, encoder)
+    n_frames = batch["rgb"].shape[2]
+    assert calls and sum(shape[0] for shape in calls) == n_frames  # every input frame was embedded
+    gone = SimpleNamespace(config=record.config.model_copy(update={"image_encoder": str(tmp_path / "nowhere")}))
+    with pytest.raises(WeightsNotFoundError, match="nowhere"):
+        load_image_encoder_of(gone, model)

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
 import lance
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from pipelines.build.framepack import grid_shape
+from pipelines.build.hexkeys import hex_key16, isin_sorted
 from schemas.assets import Rejection, RejectReason
 from schemas.errors import ReasonError
 from schemas.parts import PartDecision, part_decision_key
@@ -83,6 +87,9 @@ def rejection_key(sha256: str, file_identifier: str, clip: str, config_hash: str
     that failed to download) each keep their own answer to "why was this left out".
     """
     return _digest(sha256, file_identifier, clip, config_hash, stage)
+
+
+_REJECTION_KEY_PARTS = ("sha256", "file_identifier", "clip", "config_hash", "stage")  # rejection_key's order
 
 
 def _with_primary_key(schema: pa.Schema, key: str) -> pa.Schema:
@@ -238,6 +245,53 @@ class DatasetStore:
 
     def write_rejections(self, rows: Iterable[Rejection]) -> int:
         return self._insert_new("rejections", rows, lambda r: rejection_key(r.sha256, r.file_identifier, r.clip, r.config_hash, r.stage))
+
+    def write_rejection_batches(self, batches: Iterable[pa.RecordBatch], stage: str, config_hash: str) -> int:
+        """Insert the rows of ``batches`` (REJECTIONS_SCHEMA, every row of ``stage`` and ``config_hash``)
+        whose key is new, in one commit (none when nothing is new); returns the rows added.
+
+        Built for millions of rows (the prefilter's): the keys already stored for this stage and config
+        are held as 16-byte values (16 MB per million), new rows are spooled to a local Arrow file, not
+        held, and the first row of each key is kept. A row stored once is never written again.
+        """
+        key_column = KEY_COLUMN["rejections"]
+        scope = f"stage = {sql_literal(stage)} AND config_hash = {sql_literal(config_hash)}"
+        stored = np.sort(hex_key16(self.read("rejections", columns=[key_column], filter=scope).column(key_column)))
+        schema = TABLE_SCHEMAS["rejections"]
+        with tempfile.TemporaryDirectory(prefix="kp20k-rejections-") as spool:
+            path = Path(spool) / "new.arrow"
+            new_keys = []
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for batch in batches:
+                    if batch.num_rows == 0:
+                        continue
+                    if pc.any(pc.or_(pc.not_equal(batch.column("stage"), stage), pc.not_equal(batch.column("config_hash"), config_hash))).as_py():
+                        raise StoreError("bad_rejection_batch", f"rows of another stage or config than {stage}/{config_hash}")
+                    keys = pa.array(
+                        [rejection_key(*parts) for parts in zip(*(batch.column(c).to_pylist() for c in _REJECTION_KEY_PARTS))],
+                        pa.string(),
+                    )
+                    fresh = ~isin_sorted(hex_key16(keys), stored)
+                    if fresh.any():
+                        batch = batch.append_column(key_column, keys).filter(pa.array(fresh))
+                        writer.write_batch(batch.select(schema.names).cast(schema))
+                        new_keys.append(hex_key16(batch.column(key_column)))
+            if not new_keys:
+                return 0
+            _, first = np.unique(np.concatenate(new_keys), return_index=True)
+            keep = np.zeros(sum(len(k) for k in new_keys), dtype=bool)
+            keep[first] = True
+            del new_keys, first
+
+            def kept() -> Iterator[pa.RecordBatch]:
+                at = 0
+                for batch in pa.ipc.open_stream(str(path)):
+                    yield batch.filter(pa.array(keep[at : at + batch.num_rows]))
+                    at += batch.num_rows
+
+            reader = pa.RecordBatchReader.from_batches(schema, kept())
+            stats = self.checkout(None, "rejections").merge_insert(key_column).when_not_matched_insert_all().execute(reader)
+        return int(stats["num_inserted_rows"])
 
     def _insert_new(self, table: TableName, records: Iterable[R], key_of: Callable[[R], str]) -> int:
         dataset = self.checkout(None, table)

@@ -156,11 +156,12 @@ def test_an_unchanged_refresh_opens_no_blender(dataset, first):
     assert refresh.render.gcs_address == ""  # Ray was not even asked
     assert refresh.versions == versions  # no empty commits
     assert sample_rows(before) == sample_rows(dataset.store())
-    # The prefilter's cache is keyed on its inputs and code, not on the run: this run reused it.
+    # The prefilter ran again (it must see new files) but wrote nothing: the rejections version above
+    # is unchanged. Its Prefect result is counts, not the candidates.
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     states = {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
-    assert states["prefilter"] == "Cached"
+    assert states["discover-prefilter"] == "Completed"
     assert "render" not in states
 
 

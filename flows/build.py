@@ -60,7 +60,7 @@ from pipelines.build.sources.objaverse_xl import (
 from pipelines.build.sources.procedural import generate_assets
 from pipelines.build.store import DatasetStore, absolute_uri
 from pipelines.files import keep_newest
-from pipelines.version import code_version
+from pipelines.version import code_version, probe_version
 from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
 from schemas.fetch import FetchSettings
 from schemas.filters import FilterRules
@@ -68,7 +68,7 @@ from schemas.params import BuildParams, SourceParams
 from schemas.prefilter import CandidateSummary, PrefilterRules
 from schemas.render import RenderSpec
 from schemas.samples import Sample
-from schemas.tables import AssetRow
+from schemas.tables import AssetRow, ProbeRow
 
 FLOW_NAME = "build-kinematicparts20k"
 DEFAULTS = BuildParams()
@@ -92,9 +92,10 @@ def discover_and_prefilter(params: BuildParams, staging: str) -> CandidateSummar
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan(candidates: CandidateSummary, lance_uri: str, config_hash: str) -> list[AssetRef]:
-    """The candidates this render configuration has not finished yet (a no-op refresh returns [])."""
-    return read_candidates(candidates.path, finished_assets(DatasetStore(lance_uri), config_hash))
+def plan(candidates: CandidateSummary, lance_uri: str, config_hash: str, filter_rules_hash: str) -> list[AssetRef]:
+    """The candidates this render configuration and these filter rules have not finished yet (a no-op
+    refresh returns []; changed filters bring back only the assets a filter had rejected)."""
+    return read_candidates(candidates.path, finished_assets(DatasetStore(lance_uri), config_hash, filter_rules_hash))
 
 
 @task(name="fetch", cache_policy=NO_CACHE, retries=FETCH_RETRIES, retry_delay_seconds=5)
@@ -132,10 +133,15 @@ def commit_rejections(lance_uri: str, rejections: list[Rejection]) -> int:
 
 
 @task(name="commit-shard", cache_policy=NO_CACHE)
-def commit_shard(lance_uri: str, samples: list[Sample], rejections: list[Rejection], assets: list[AssetRow]) -> tuple[int, int, int]:
-    """One shard, in completion order: the ``assets`` rows go last, as the marker of finished work."""
+def commit_shard(
+    lance_uri: str, samples: list[Sample], rejections: list[Rejection], probes: list[ProbeRow], assets: list[AssetRow]
+) -> tuple[int, int, int]:
+    """One shard, in completion order: the probes (for every later render configuration) before the
+    ``assets`` rows, which go last, as the marker of finished work."""
     store = DatasetStore(lance_uri)
-    return store.write_samples(samples), store.write_rejections(rejections), store.write_assets(assets)
+    added = store.write_samples(samples), store.write_rejections(rejections)
+    store.write_probes(probes)
+    return (*added, store.write_assets(assets))
 
 
 @task(name="render", cache_policy=NO_CACHE)
@@ -188,7 +194,7 @@ def _render_in_pool(
                 rejections += found
                 room = CONTACT_SHEET_SAMPLES - len(sheet)
                 sheet += [SheetEntry(f"{s.file_identifier} {s.clip}", s.rgb, s.parts) for s in samples[:room]]
-                shard.add(samples, found, row)
+                shard.add(samples, found, row, outcome.result.probe if outcome.result is not None else None)
                 if shard.size >= params.shard_size:
                     shard.commit()
                 progress.advance()
@@ -255,7 +261,7 @@ def run_build(params: BuildParams) -> BuildReport:
     try:
         found = discover_and_prefilter(params, str(staging))
         clock.lap(build, "discover+prefilter")
-        todo = plan(found, params.lance_uri, config_hash)
+        todo = plan(found, params.lance_uri, config_hash, params.filters.rules_hash())
     finally:
         staging.unlink(missing_ok=True)
     clock.lap(build, "plan")
@@ -335,8 +341,8 @@ def fetch_settings(params: BuildParams, assets: list[AssetRef]) -> FetchSettings
     return settings.model_copy(update={"sketchfab_object_paths": str(index)})
 
 
-def finished_assets(store: DatasetStore, config_hash: str) -> set[str]:
-    return store.finished_assets(config_hash, driver_stages=(*PRE_WORKER_STAGES, POOL_STAGE))
+def finished_assets(store: DatasetStore, config_hash: str, filter_rules_hash: str | None = None) -> set[str]:
+    return store.finished_assets(config_hash, (*PRE_WORKER_STAGES, POOL_STAGE), filter_rules_hash)
 
 
 def outcome_rows(outcome: Outcome, config_hash: str) -> tuple[list[Sample], list[Rejection], AssetRow | None]:
@@ -412,24 +418,27 @@ class _Shard:
         self.lance_uri, self.summary = lance_uri, summary
         self.samples: list[Sample] = []
         self.rejections: list[Rejection] = []
+        self.probes: list[ProbeRow] = []
         self.assets: list[AssetRow] = []
         self.size = 0
 
-    def add(self, samples: list[Sample], rejections: list[Rejection], row: AssetRow | None) -> None:
+    def add(self, samples: list[Sample], rejections: list[Rejection], row: AssetRow | None, probe: ProbeReport | None) -> None:
+        """One finished asset; ``probe`` is the worker's report (None when it never probed)."""
         self.samples += samples
         self.rejections += rejections
+        self.probes += [ProbeRow(sha256=probe.sha256, probe_version=probe_version(), probe=probe)] if probe is not None else []
         self.assets += [row] if row is not None else []
         self.size += 1
 
     def commit(self) -> None:
         if not self.size:
             return
-        added = commit_shard(self.lance_uri, self.samples, self.rejections, self.assets)
+        added = commit_shard(self.lance_uri, self.samples, self.rejections, self.probes, self.assets)
         self.summary.samples_written += added[0]
         self.summary.rejections_written += added[1]
         self.summary.assets_written += added[2]
         self.summary.shards += 1
-        self.samples, self.rejections, self.assets, self.size = [], [], [], 0
+        self.samples, self.rejections, self.probes, self.assets, self.size = [], [], [], [], 0
 
 
 class _Clock:

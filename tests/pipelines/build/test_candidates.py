@@ -4,7 +4,6 @@ written once per (asset, rules)."""
 
 from __future__ import annotations
 
-import itertools
 import random
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.build.candidates import read_candidates, stage_candidates
-from pipelines.build.prefilter import AnnotationsChanged, candidate_assets, prefilter, prefilter_stream
+from pipelines.build.prefilter import candidate_assets, prefilter, prefilter_stream
 from pipelines.build.sources.objaverse_xl import annotation_scan, discover_objaverse
 from pipelines.build.store import DatasetStore
 from schemas.assets import RejectReason
@@ -77,23 +76,27 @@ def test_limit_stops_reading_once_enough_are_accepted(tmp_path: Path):
             yield batch
 
     everything, _ = streamed(scan, PrefilterRules())
-    first, _ = streamed(counting, PrefilterRules(), limit=4)
-    assert [a.file_identifier for a in first] == [a.file_identifier for a in everything[:4]]
-    *dedupe_passes, deciding = batches_read
-    assert dedupe_passes and 0 < deciding < min(dedupe_passes) // 4  # the deciding pass stopped early
+    first, _ = streamed(counting, PrefilterRules(dedupe=False), limit=4)
+    assert [a.file_identifier for a in first] == [a.file_identifier for a in streamed(scan, PrefilterRules(dedupe=False))[0][:4]]
+    assert 0 < batches_read[0] < sum(1 for _ in scan()) // 4  # without de-duplication, reading itself stopped
+    deduped, _ = streamed(scan, PrefilterRules(), limit=4)  # with it, the deciding pass (over the spill) stops
+    assert [a.file_identifier for a in deduped] == [a.file_identifier for a in everything[:4]]
 
 
-def test_annotations_that_change_between_passes_are_an_error(tmp_path: Path):
-    write_objaverse_annotations(tmp_path, annotation_rows(60, seed=2))
-    scan = annotation_scan(tmp_path, offline=True, batch_rows=8)
-    calls = itertools.count()
+def test_the_source_is_read_once_and_its_spill_file_removed(tmp_path: Path):
+    write_objaverse_annotations(tmp_path / "objaverse", annotation_rows(60, seed=2))
+    scan = annotation_scan(tmp_path / "objaverse", offline=True, batch_rows=8)
+    calls = []
 
-    def shrinking():
-        batches = list(scan())
-        yield from batches[: len(batches) - next(calls)]  # one batch fewer on every pass
+    def counted():
+        calls.append(1)
+        return scan()
 
-    with pytest.raises(AnnotationsChanged, match="annotation rows"):
-        list(prefilter_stream(shrinking, PrefilterRules()))
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    decided = list(prefilter_stream(counted, PrefilterRules(), spill_dir=str(spill)))
+    assert len(calls) == 1 and sum(d.scanned for d in decided) == 60
+    assert list(spill.iterdir()) == []
 
 
 def test_rejections_are_written_once_per_asset_and_rules(tmp_path: Path):

@@ -71,7 +71,7 @@ TRANSIENT_REASONS = frozenset({RejectReason.download_failed, RejectReason.timeou
 # Rows converted to Arrow at a time while streaming a write: bounds the memory a write holds.
 WRITE_CHUNK_ROWS = 16
 # Rows of one merge_insert commit of a large write (Lance holds a merge's source in memory).
-MERGE_CHUNK_ROWS = 200_000
+MERGE_CHUNK_ROWS = 50_000
 
 R = TypeVar("R", bound=BaseModel)
 

@@ -30,6 +30,7 @@ from schemas.prefilter import ANNOTATION_COLUMNS, ANNOTATION_SCHEMA
 
 OBJAVERSE_SOURCES: tuple[str, ...] = ("github", "sketchfab", "smithsonian", "thingiverse")
 BATCH_ROWS = 65_536  # rows read at a time: bounds what one batch holds (metadata strings included)
+READ_BUFFER_BYTES = 1 << 20
 
 
 class AnnotationsMissing(FileNotFoundError):
@@ -106,7 +107,10 @@ def annotation_scan(
 
     def scan() -> Iterator[pa.RecordBatch]:
         for source, path in files:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(ANNOTATION_COLUMNS)):
+            # Buffered reads, no pre-buffering: pre-buffering kept whole column chunks and the driver's
+            # peak memory grew with the file (measured in docs/sources.md); this way it stays flat.
+            annotations = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+            for batch in annotations.iter_batches(batch_size=batch_rows, columns=list(ANNOTATION_COLUMNS)):
                 yield _conformed(batch, source, wanted)
 
     return scan

@@ -206,6 +206,17 @@ def _render_in_pool(
     return rejections, sheet
 
 
+@task(name="compact", cache_policy=NO_CACHE)
+def compact_tables(lance_uri: str) -> dict[str, tuple[int, int]]:
+    """Fragments and versions kept bounded (``DatasetStore.compact``): table -> (fragments, versions).
+    Upkeep never fails a build whose rows are committed: a failure is logged and tried by the next."""
+    try:
+        return DatasetStore(lance_uri).compact()
+    except (OSError, ValueError) as exc:
+        get_run_logger().warning("tables not compacted: %s", f"{type(exc).__name__}: {exc}"[:300])
+        return {}
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def publish(build: BuildReport, sheet: list[SheetEntry], cache_dir: str, rejections: list[Rejection]) -> BuildReport:
     if not sheet:
@@ -281,6 +292,7 @@ def run_build(params: BuildParams) -> BuildReport:
     build.fetched, build.fetch_rejected = len(fetched), len(fetch_rejections)
     rejections += fetch_rejections
     build.rejection_reasons = dict(Counter(found.reasons) + count_reasons(rejections[len(found.first_rejections):]))
+    build.tables = compact_tables(params.lance_uri)
     build.versions = _versions(store)
     build = publish(build, sheet, params.cache_dir, rejections[:REJECTED_ASSET_ROWS])
     clock.lap(build, "report")

@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import tempfile
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
@@ -70,6 +71,10 @@ TRANSIENT_REASONS = frozenset({RejectReason.download_failed, RejectReason.timeou
 
 # Rows converted to Arrow at a time while streaming a write: bounds the memory a write holds.
 WRITE_CHUNK_ROWS = 16
+# Upkeep at the end of a build (``DatasetStore.compact``): compact past this many fragments, keep
+# versions this long (Lance's own default) for readers pinned to one.
+MAX_FRAGMENTS = 32
+VERSION_RETENTION = timedelta(days=7)
 # Rows of one merge_insert commit of a large write (Lance holds a merge's source in memory).
 MERGE_CHUNK_ROWS = 50_000
 
@@ -293,7 +298,10 @@ class DatasetStore:
         """
         key_column = KEY_COLUMN["rejections"]
         scope = f"stage = {sql_literal(stage)} AND config_hash = {sql_literal(config_hash)}"
-        stored = np.sort(hex_key16(self.read("rejections", columns=[key_column], filter=scope).column(key_column)))
+        stored_batches = self.checkout(None, "rejections").to_batches(
+            columns=[key_column], filter=scope, batch_readahead=1, fragment_readahead=1
+        )  # converted batch by batch: the keys are never held as strings
+        stored = np.sort(np.concatenate([hex_key16(b.column(0)) for b in stored_batches] or [np.zeros(0, "S16")]))
         schema = TABLE_SCHEMAS["rejections"]
         with tempfile.TemporaryDirectory(prefix="kp20k-rejections-") as spool:
             path = Path(spool) / "new.arrow"
@@ -369,6 +377,29 @@ class DatasetStore:
                 raise failure[0] from None
             raise
         return int(stats["num_inserted_rows"])
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    def compact(
+        self, max_fragments: int = MAX_FRAGMENTS, keep_versions_for: timedelta = VERSION_RETENTION
+    ) -> dict[str, tuple[int, int]]:
+        """Keep every table's fragments and versions bounded; returns table -> (fragments, versions).
+
+        A table with more than ``max_fragments`` fragments is compacted (one new version, the same
+        rows); then versions older than ``keep_versions_for`` are deleted, never the latest. A reader
+        pinned to a version (training records the one it read) keeps it for that long. A table with
+        nothing to do gets no commit.
+        """
+        counts = {}
+        for table in TABLES:
+            dataset = self.checkout(None, table)
+            if len(dataset.get_fragments()) > max_fragments:
+                dataset.optimize.compact_files()
+            dataset = self.checkout(None, table)
+            dataset.cleanup_old_versions(older_than=keep_versions_for)
+            dataset = self.checkout(None, table)
+            counts[table] = (len(dataset.get_fragments()), len(dataset.versions()))
+        return counts
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -273,6 +273,24 @@ def test_an_existing_table_keeps_working_when_a_column_is_added(tmp_path: Path) 
     assert DatasetStore(str(tmp_path)).checkout(table="rejections").schema.names == new_schema.names  # opened again: as is
 
 
+def test_compaction_and_cleanup_keep_fragments_and_versions_bounded(store: DatasetStore) -> None:
+    from datetime import timedelta
+
+    for i in range(7):  # seven commits: seven fragments, eight versions
+        store.write_samples(samples(range(i, i + 1)))
+    before = row_ids(store)
+    untouched = store.version("rejections")
+    counts = store.compact(max_fragments=3, keep_versions_for=timedelta(0))
+    assert counts["samples"] == (1, 1)  # compacted, and only the latest version is left
+    assert row_ids(store) == before and len(before) == 7
+    assert store.version("rejections") == untouched  # nothing to compact: no commit
+    assert all(fragments <= 3 and versions == 1 for fragments, versions in counts.values())
+    for i in range(7, 9):  # below the bound: written, not compacted
+        store.write_samples(samples(range(i, i + 1)))
+    assert store.compact(max_fragments=3, keep_versions_for=timedelta(0))["samples"] == (3, 1)
+    assert len(row_ids(store)) == 9
+
+
 def test_existing_table_with_other_columns_is_refused(tmp_path: Path) -> None:
     lance.write_dataset(pa.table({"sample_id": ["x"]}), table_uri(str(tmp_path), "samples"))
     with pytest.raises(StoreError) as err:

@@ -30,14 +30,15 @@ def stage_candidates(
     scan: Scan, rules: PrefilterRules, store: DatasetStore, path: Path, limit: int | None = None
 ) -> CandidateSummary:
     """Prefilter ``scan`` into ``path`` (written beside it and renamed in: whole or absent) and the
-    store's ``rejections``; stops reading once ``limit`` candidates are accepted."""
+    store's ``rejections``; stops reading once ``limit`` candidates are accepted. The prefilter's
+    temporary copy of the annotations goes in ``path``'s folder too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     summary = CandidateSummary(path=str(path))
     reasons: Counter[str] = Counter()
 
     def rejected(writer: pq.ParquetWriter) -> Iterator[pa.RecordBatch]:
-        for decided in prefilter_stream(scan, rules, limit):
+        for decided in prefilter_stream(scan, rules, limit, spill_dir=str(path.parent)):  # beside the output, not in /tmp
             writer.write_batch(decided.accepted)
             summary.scanned += decided.scanned
             summary.accepted += decided.accepted.num_rows

@@ -330,9 +330,10 @@ class DatasetStore:
 
             def kept() -> Iterator[pa.RecordBatch]:
                 at = 0
-                for batch in pa.ipc.open_stream(str(path)):
-                    yield batch.filter(pa.array(keep[at : at + batch.num_rows]))
-                    at += batch.num_rows
+                with pa.OSFile(str(path), "rb") as spooled:  # read, not memory-mapped: RSS stays bounded
+                    for batch in pa.ipc.open_stream(spooled):
+                        yield batch.filter(pa.array(keep[at : at + batch.num_rows]))
+                        at += batch.num_rows
 
             # One commit per MERGE_CHUNK_ROWS: a merge_insert holds its source in memory.
             added, rows = 0, kept()

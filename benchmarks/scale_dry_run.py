@@ -1,7 +1,9 @@
-"""Objaverse-XL at real scale, dry run: discovery + prefilter over annotation tables of 1M / 10M rows.
+"""Objaverse-XL at real scale, dry run: discovery + prefilter over annotation tables of 1M / 10M rows,
+and a build whose rendering is a stand-in.
 
     .venv/bin/python benchmarks/scale_dry_run.py [--rows 200000,1000000] [--baseline-rows 100000]
-    .venv/bin/python benchmarks/scale_dry_run.py --rows 1000000,10000000      # the issue's aims (~10 min here)
+    .venv/bin/python benchmarks/scale_dry_run.py --rows 1000000,10000000 --baseline-rows 1000000   # ~5 min here
+    .venv/bin/python benchmarks/scale_dry_run.py --rows "" --baseline-rows 0 --build 1000 [--grid 4x4x64 --sleep 0.05]
 
 1. Writes annotation tables in the released layout (``{dir}/{source}/{source}.parquet``, columns
    fileIdentifier, source, license, fileType, sha256, metadata) with Objaverse-XL's proportions:
@@ -17,7 +19,14 @@
    per row, the list prefilter, rejections written through ``write_rejections``), loaded from git
    commit ``BASELINE_COMMIT``, at ``--baseline-rows``, and the new code at the same size.
 
-Aims (issue 10): over 10M rows at most 2 min and 1.5 GB, memory flat from 1M to 10M rows.
+4. ``--build N``: the build flow over N tiny local files, one worker, rendering replaced by
+   ``benchmarks/standin_worker.py`` (sleeps ``--sleep`` s, returns one sample of the ``--grid``'s
+   size), against a plain loop of the same stages, in a fresh process with its own Prefect home:
+   wall times, time to the first sample, driver bytes received per asset, shards, table versions and
+   (fragments, versions) after the build's upkeep, the Prefect database's size.
+
+Aims (issue 10): over 10M rows at most 2 min and 1.5 GB, memory flat from 1M to 10M rows; for the
+build, orchestration at most 10% over the loop and under 64 KB of driver traffic per asset.
 Prints one line per measurement and a JSON summary at the end.
 """
 
@@ -132,6 +141,82 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mb": resource.g
 """
 
 
+CHILD_BUILD = """
+import json, os, pickle, sys, time
+from functools import partial
+from pathlib import Path
+sys.path[:0] = [{repo!r}, {bench!r}]
+from flows.prefect_settings import apply_prefect_settings
+apply_prefect_settings()
+import flows.build as build
+from flows.render_pool import Job, Outcome
+from pipelines.build.fetch import FetchCache, fetch
+from pipelines.build.prefilter import prefilter
+from pipelines.build.sources.local import discover_local
+from pipelines.build.store import DatasetStore, TABLES
+from schemas.render import RenderSpec
+from standin_worker import SleepingWorker
+
+spec, sleep_s, work = RenderSpec(**{spec!r}), {sleep!r}, Path({work!r})
+assets = sorted(discover_local(work / "assets"), key=lambda a: a.file_identifier)
+
+# The plain loop: the same stages, one stand-in worker, commits in shards of the same size.
+t = time.perf_counter()
+store, cache, worker = DatasetStore(str(work / "loop.lance")), FetchCache(work / "loop-cache"), SleepingWorker(spec, sleep_s)
+kept, rejections = prefilter(assets)
+store.write_rejections(rejections)
+shard, first_loop = [], None
+for asset in kept:
+    result = worker.process(fetch(asset, cache))
+    first_loop = first_loop or time.perf_counter() - t
+    shard.append(build.outcome_rows(Outcome(Job(asset), None, result=result), spec.config_hash()))
+    if len(shard) == {shard}:
+        store.write_samples([s for rows in shard for s in rows[0]]); store.write_assets([rows[2] for rows in shard]); shard = []
+store.write_samples([s for rows in shard for s in rows[0]]); store.write_assets([rows[2] for rows in shard])
+loop_s = time.perf_counter() - t
+bytes_per_asset = len(pickle.dumps(worker.process(assets[0])))
+
+# The flow: rendering replaced by the stand-in, everything else as a build runs it.
+build._worker_factory = lambda *args: partial(SleepingWorker, spec, sleep_s)
+first, record = [], build._record
+def timed(summary, outcome, samples):
+    if samples and not first:
+        first.append(time.perf_counter())
+    record(summary, outcome, samples)
+build._record = timed
+t = time.perf_counter()
+state = build.build_kinematicparts20k(source={{"kind": "local", "folder": str(work / "assets")}}, render=spec.model_dump(),
+                                      lance_uri=str(work / "flow.lance"), cache_dir=str(work / "flow-cache"),
+                                      pool_size=1, shard_size={shard}, return_state=True)
+flow_s = time.perf_counter() - t
+report = state.result()
+flow_store = DatasetStore(str(work / "flow.lance"))
+print(json.dumps({{
+    "assets": len(assets), "samples": report.render.samples_written, "loop_s": loop_s, "flow_s": flow_s,
+    "loop_first_sample_s": first_loop, "flow_first_sample_s": first[0] - t if first else None,
+    "driver_bytes_per_asset": bytes_per_asset, "shards": report.render.shards,
+    "versions_before_compaction": {{k: v for k, v in report.versions.items()}},
+    "tables_after": {{t: [len(flow_store.checkout(table=t).get_fragments()), len(flow_store.checkout(table=t).versions())] for t in TABLES}},
+    "prefect_db_mb": os.path.getsize(Path(os.environ["PREFECT_HOME"]) / "prefect.db") / 2**20,
+}}))
+"""
+
+
+def dry_run_build(n_assets: int, grid: dict, sleep_s: float, shard: int, root: Path) -> dict:
+    """The build flow over ``n_assets`` tiny local files with the stand-in worker, against a plain loop."""
+    work = root / f"build-{n_assets}"
+    (work / "assets").mkdir(parents=True)
+    for i in range(n_assets):
+        (work / "assets" / f"a{i:06d}.glb").write_bytes(b"glTF" + i.to_bytes(8, "little"))
+    code = CHILD_BUILD.format(repo=str(REPO), bench=str(REPO / "benchmarks"), spec=grid, sleep=sleep_s, work=str(work), shard=shard)
+    env = {**os.environ, "PREFECT_HOME": str(work / "prefect"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
+    if done.returncode:
+        raise SystemExit(f"dry-run build failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def measure(child: str, annotations: Path, work: Path) -> dict:
     code = child.format(repo=str(REPO), store=str(work / "kp20k.lance"), annotations=str(annotations), commit=BASELINE_COMMIT)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -145,8 +230,12 @@ def main() -> None:
     parser.add_argument("--rows", default="200000,1000000", help="comma-separated annotation table sizes")
     parser.add_argument("--baseline-rows", type=int, default=100_000, help="size at which the old code is measured (0: skip)")
     parser.add_argument("--work", help="folder for the tables (default: a temporary one, removed after)")
+    parser.add_argument("--build", type=int, default=0, help="also a dry-run build over this many assets (0: skip)")
+    parser.add_argument("--grid", default="4x4x64", help="dry-run build: views x frames x resolution of the stand-in's sample")
+    parser.add_argument("--sleep", type=float, default=0.05, help="dry-run build: seconds the stand-in 'renders' an asset")
+    parser.add_argument("--shard", type=int, default=8, help="dry-run build: assets committed together")
     args = parser.parse_args()
-    sizes = [int(r) for r in args.rows.split(",")]
+    sizes = [int(r) for r in args.rows.split(",") if r]
     summary: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="kp20k-scale-", dir=args.work) as tmp:
         runs = [("new", n, CHILD_NEW) for n in sizes]
@@ -171,6 +260,17 @@ def main() -> None:
                 print(f"{kind:>3} {n:>10,} rows, {run:<7}: {r['seconds']:7.1f} s, peak RSS {r['peak_rss_mb']:6.0f} MB; "
                       f"{r['scanned']:,} rig-format rows, {r['accepted']:,} candidates, {r['rejected']:,} rejected, "
                       f"{r['written']:,} rejection rows written ({r['rejections_versions']} table versions)", flush=True)
+        if args.build:
+            views, frames, resolution = (int(x) for x in args.grid.split("x"))
+            grid = {"n_views": views, "n_frames": frames, "resolution": resolution}
+            b = summary["build"] = dry_run_build(args.build, grid, args.sleep, args.shard, Path(tmp))
+            print(f"dry-run build, {b['assets']} assets, stand-in {args.sleep} s/asset, grid {args.grid}, 1 worker: "
+                  f"flow {b['flow_s']:.1f} s vs plain loop {b['loop_s']:.1f} s ({b['assets'] / b['flow_s']:.1f} vs "
+                  f"{b['assets'] / b['loop_s']:.1f} assets/s, overhead {b['flow_s'] / b['loop_s'] - 1:+.0%}); first sample at "
+                  f"{b['flow_first_sample_s']:.1f} s (loop {b['loop_first_sample_s']:.2f} s); driver receives "
+                  f"{b['driver_bytes_per_asset'] / 1024:.0f} KB per asset; {b['shards']} shards; versions "
+                  f"{b['versions_before_compaction']}, (fragments, versions) after upkeep {b['tables_after']}; "
+                  f"Prefect database {b['prefect_db_mb']:.1f} MB", flush=True)
     if args.baseline_rows:
         new, old = summary[f"new-{args.baseline_rows}"]["first"], summary[f"old-{args.baseline_rows}"]["first"]
         print(f"at {args.baseline_rows:,} rows, new vs old: {old['seconds'] / new['seconds']:.1f}x faster, "

@@ -9,23 +9,25 @@ order samples -> rejections -> assets, and an asset a worker handled counts as f
 its ``assets`` row (written last) is in. A run killed at any point loses at most the shard in
 flight; the rerun redoes exactly those assets, and the store's insert-if-new writes add no duplicate.
 
-Caching: the prefilter, a pure function of the annotations and rules, is cached on its inputs, its
-source and the code version (never the run id), so it carries across runs. The other stages are
-not cached by Prefect on purpose: discovery must see new files, and the store, not a Prefect
-cache that could outlive a deleted table, is what says which assets are done.
+Scale: discovery and the prefilter stream the annotations as Arrow batches into a candidates file
+and the ``rejections`` table (``pipelines.build.candidates``); Prefect results carry counts, never a
+row per annotation. No stage is cached by Prefect, on purpose: discovery must see new files, and the
+store, not a Prefect cache that could outlive a deleted table, is what says which assets are done
+(prefilter rejections already stored for the same rules are not written again).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run as prefect_flow_run
 
@@ -47,25 +49,26 @@ from flows.render_pool import Job, Outcome, PoolEvent, RenderPool
 from flows.report import BuildReport, RenderSummary, count_reasons
 from pipelines.build.fetch import FetchCache, FetchError, redact
 from pipelines.build.fetch import fetch as fetch_asset
-from pipelines.build.prefilter import prefilter as apply_prefilter
+from pipelines.build.candidates import read_candidates, stage_candidates
+from pipelines.build.prefilter import Scan, assets_batch
 from pipelines.build.sources.local import discover_local
 from pipelines.build.sources.objaverse_xl import (
-    discover_objaverse,
+    annotation_scan,
     sketchfab_object_index,
     sketchfab_object_paths_file,
 )
 from pipelines.build.sources.procedural import generate_assets
 from pipelines.build.store import DatasetStore, absolute_uri
 from pipelines.files import keep_newest
-from pipelines.version import code_version
+from pipelines.version import code_version, probe_version
 from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
 from schemas.fetch import FetchSettings
 from schemas.filters import FilterRules
 from schemas.params import BuildParams, SourceParams
-from schemas.prefilter import PrefilterRules
+from schemas.prefilter import CandidateSummary, PrefilterRules
 from schemas.render import RenderSpec
 from schemas.samples import Sample
-from schemas.tables import AssetRow
+from schemas.tables import AssetRow, ProbeRow
 
 FLOW_NAME = "build-kinematicparts20k"
 DEFAULTS = BuildParams()
@@ -76,33 +79,23 @@ FETCH_RETRIES = 2
 FETCH_THREADS = 8  # downloads wait on the network, not the CPU
 WORKER_LOGS_KEPT = 64  # one log per Blender process under <cache_dir>/logs
 
-_CODE_VERSION = CacheKeyFnPolicy(cache_key_fn=lambda context, inputs: code_version())
-
 
 # ---------------------------------------------------------------------------------------- tasks
 
 
-@task(name="discover", cache_policy=NO_CACHE)
-def discover(source: SourceParams, cache_dir: str, file_types: list[str]) -> list[AssetRef]:
-    """Candidates from the source; never cached, so a refresh sees files added since."""
-    if source.kind == "procedural":
-        folder = Path(source.folder) if source.folder else Path(cache_dir) / "procedural"
-        return generate_assets(source.count, folder, seed=source.seed)
-    if source.kind == "local":
-        return discover_local(Path(source.folder))
-    return discover_objaverse(objaverse_dir(source), source.objaverse_sources, offline=source.offline, file_types=file_types)
-
-
-@task(name="prefilter", cache_policy=INPUTS + TASK_SOURCE + _CODE_VERSION, persist_result=True)
-def prefilter_candidates(assets: list[AssetRef], rules: PrefilterRules) -> tuple[list[AssetRef], list[Rejection]]:
-    return apply_prefilter(assets, rules)
+@task(name="discover-prefilter", cache_policy=NO_CACHE)
+def discover_and_prefilter(params: BuildParams, staging: str) -> CandidateSummary:
+    """Candidates from the source, streamed through the prefilter into the file ``staging``, prefilter
+    rejections into the store; returns counts only. Never cached, so a refresh sees files added since."""
+    store = DatasetStore(params.lance_uri)
+    return stage_candidates(source_scan(params), params.prefilter, store, Path(staging), params.limit)
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan(candidates: list[AssetRef], lance_uri: str, config_hash: str) -> list[AssetRef]:
-    """The candidates this render configuration has not finished yet (a no-op refresh returns [])."""
-    done = finished_assets(DatasetStore(lance_uri), config_hash)
-    return [a for a in candidates if a.sha256 not in done]
+def plan(candidates: CandidateSummary, lance_uri: str, config_hash: str, filter_rules_hash: str) -> list[AssetRef]:
+    """The candidates this render configuration and these filter rules have not finished yet (a no-op
+    refresh returns []; changed filters bring back only the assets a filter had rejected)."""
+    return read_candidates(candidates.path, finished_assets(DatasetStore(lance_uri), config_hash, filter_rules_hash))
 
 
 @task(name="fetch", cache_policy=NO_CACHE, retries=FETCH_RETRIES, retry_delay_seconds=5)
@@ -134,17 +127,22 @@ def fetch_assets(
     return fetched, [_rejection(asset, exc.reason, exc.detail, **stamp) for asset, exc in rejections + transient]
 
 
-@task(name="commit-rejections", task_run_name="commit-{stage}-rejections", cache_policy=NO_CACHE)
-def commit_rejections(stage: str, lance_uri: str, rejections: list[Rejection]) -> int:
-    """``stage`` names the task run in the UI (prefilter, fetch)."""
+@task(name="commit-fetch-rejections", cache_policy=NO_CACHE)
+def commit_fetch_rejections(lance_uri: str, rejections: list[Rejection]) -> int:
+    """Prefilter rejections are written by discover-prefilter itself, in batches."""
     return DatasetStore(lance_uri).write_rejections(rejections)
 
 
 @task(name="commit-shard", cache_policy=NO_CACHE)
-def commit_shard(lance_uri: str, samples: list[Sample], rejections: list[Rejection], assets: list[AssetRow]) -> tuple[int, int, int]:
-    """One shard, in completion order: the ``assets`` rows go last, as the marker of finished work."""
+def commit_shard(
+    lance_uri: str, samples: list[Sample], rejections: list[Rejection], probes: list[ProbeRow], assets: list[AssetRow]
+) -> tuple[int, int, int]:
+    """One shard, in completion order: the probes (for every later render configuration) before the
+    ``assets`` rows, which go last, as the marker of finished work."""
     store = DatasetStore(lance_uri)
-    return store.write_samples(samples), store.write_rejections(rejections), store.write_assets(assets)
+    added = store.write_samples(samples), store.write_rejections(rejections)
+    store.write_probes(probes)
+    return (*added, store.write_assets(assets))
 
 
 @task(name="render", cache_policy=NO_CACHE)
@@ -197,7 +195,7 @@ def _render_in_pool(
                 rejections += found
                 room = CONTACT_SHEET_SAMPLES - len(sheet)
                 sheet += [SheetEntry(f"{s.file_identifier} {s.clip}", s.rgb, s.parts) for s in samples[:room]]
-                shard.add(samples, found, row)
+                shard.add(samples, found, row, outcome.result.probe if outcome.result is not None else None)
                 if shard.size >= params.shard_size:
                     shard.commit()
                 progress.advance()
@@ -207,6 +205,17 @@ def _render_in_pool(
     summary.workers_started, summary.recycled = stats.workers_started, stats.recycled
     summary.timeouts, summary.crashes = stats.timeouts, stats.crashes
     return rejections, sheet
+
+
+@task(name="compact", cache_policy=NO_CACHE)
+def compact_tables(lance_uri: str) -> dict[str, tuple[int, int]]:
+    """Fragments and versions kept bounded (``DatasetStore.compact``): table -> (fragments, versions).
+    Upkeep never fails a build whose rows are committed: a failure is logged and tried by the next."""
+    try:
+        return DatasetStore(lance_uri).compact()
+    except (OSError, ValueError) as exc:
+        get_run_logger().warning("tables not compacted: %s", f"{type(exc).__name__}: {exc}"[:300])
+        return {}
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -260,29 +269,31 @@ def run_build(params: BuildParams) -> BuildReport:
     build.versions_before = _versions(store)
     build.dead_runs = find_dead_runs(params.lance_uri)
 
-    assets = discover(params.source, params.cache_dir, params.prefilter.file_types)
-    clock.lap(build, "discover")
-    kept, rejections = prefilter_candidates(assets, params.prefilter)
-    candidates = kept[: params.limit]
-    commit_rejections("prefilter", params.lance_uri, rejections)
-    clock.lap(build, "prefilter")
-    todo = plan(candidates, params.lance_uri, config_hash)
+    staging = Path(params.cache_dir) / "candidates" / f"{uuid4().hex}.parquet"
+    try:
+        found = discover_and_prefilter(params, str(staging))
+        clock.lap(build, "discover+prefilter")
+        todo = plan(found, params.lance_uri, config_hash, params.filters.rules_hash())
+    finally:
+        staging.unlink(missing_ok=True)
     clock.lap(build, "plan")
-    build.candidates, build.already_decided = len(candidates), len(candidates) - len(todo)
+    build.candidates, build.already_decided = found.accepted, found.accepted - len(todo)
     get_run_logger().info(build.resume_line())
     fetched, fetch_rejections = fetch_assets(todo, params.cache_dir, fetch_settings(params, todo)) if todo else ([], [])
-    commit_rejections("fetch", params.lance_uri, fetch_rejections)
+    commit_fetch_rejections(params.lance_uri, fetch_rejections)
     clock.lap(build, "fetch")
     sheet: list[SheetEntry] = []
+    rejections = list(found.first_rejections)
     if fetched:
         build.render, render_rejections, sheet = render_assets(fetched, params)
-        rejections = rejections + render_rejections
+        rejections += render_rejections
     clock.lap(build, "render")
 
-    build.discovered, build.prefilter_rejected = len(assets), len(assets) - len(kept)
+    build.discovered, build.prefilter_rejected = found.scanned, found.rejected
     build.fetched, build.fetch_rejected = len(fetched), len(fetch_rejections)
-    rejections = rejections + fetch_rejections
-    build.rejection_reasons = dict(count_reasons(rejections))
+    rejections += fetch_rejections
+    build.rejection_reasons = dict(Counter(found.reasons) + count_reasons(rejections[len(found.first_rejections):]))
+    build.tables = compact_tables(params.lance_uri)
     build.versions = _versions(store)
     build = publish(build, sheet, params.cache_dir, rejections[:REJECTED_ASSET_ROWS])
     clock.lap(build, "report")
@@ -309,6 +320,19 @@ def table_identity(lance_uri: str) -> str:
     return lance_uri if "://" in lance_uri else str(Path(lance_uri).resolve())
 
 
+def source_scan(params: BuildParams) -> Scan:
+    """The source's annotations as a re-readable stream of Arrow batches (what the prefilter reads)."""
+    source = params.source
+    if source.kind == "objaverse-xl":
+        return annotation_scan(objaverse_dir(source), source.objaverse_sources, source.offline, params.prefilter.file_types)
+    if source.kind == "procedural":
+        folder = Path(source.folder) if source.folder else Path(params.cache_dir) / "procedural"
+        batch = assets_batch(generate_assets(source.count, folder, seed=source.seed))
+    else:
+        batch = assets_batch(discover_local(Path(source.folder)))
+    return lambda: iter([batch])
+
+
 def objaverse_dir(source: SourceParams) -> Path:
     return Path(source.objaverse_dir or "~/.objaverse").expanduser()
 
@@ -330,8 +354,8 @@ def fetch_settings(params: BuildParams, assets: list[AssetRef]) -> FetchSettings
     return settings.model_copy(update={"sketchfab_object_paths": str(index)})
 
 
-def finished_assets(store: DatasetStore, config_hash: str) -> set[str]:
-    return store.finished_assets(config_hash, driver_stages=(*PRE_WORKER_STAGES, POOL_STAGE))
+def finished_assets(store: DatasetStore, config_hash: str, filter_rules_hash: str | None = None) -> set[str]:
+    return store.finished_assets(config_hash, (*PRE_WORKER_STAGES, POOL_STAGE), filter_rules_hash)
 
 
 def outcome_rows(outcome: Outcome, config_hash: str) -> tuple[list[Sample], list[Rejection], AssetRow | None]:
@@ -412,24 +436,27 @@ class _Shard:
         self.lance_uri, self.summary = lance_uri, summary
         self.samples: list[Sample] = []
         self.rejections: list[Rejection] = []
+        self.probes: list[ProbeRow] = []
         self.assets: list[AssetRow] = []
         self.size = 0
 
-    def add(self, samples: list[Sample], rejections: list[Rejection], row: AssetRow | None) -> None:
+    def add(self, samples: list[Sample], rejections: list[Rejection], row: AssetRow | None, probe: ProbeReport | None) -> None:
+        """One finished asset; ``probe`` is the worker's report (None when it never probed)."""
         self.samples += samples
         self.rejections += rejections
+        self.probes += [ProbeRow(sha256=probe.sha256, probe_version=probe_version(), probe=probe)] if probe is not None else []
         self.assets += [row] if row is not None else []
         self.size += 1
 
     def commit(self) -> None:
         if not self.size:
             return
-        added = commit_shard(self.lance_uri, self.samples, self.rejections, self.assets)
+        added = commit_shard(self.lance_uri, self.samples, self.rejections, self.probes, self.assets)
         self.summary.samples_written += added[0]
         self.summary.rejections_written += added[1]
         self.summary.assets_written += added[2]
         self.summary.shards += 1
-        self.samples, self.rejections, self.assets, self.size = [], [], [], 0
+        self.samples, self.rejections, self.probes, self.assets, self.size = [], [], [], [], 0
 
 
 class _Clock:

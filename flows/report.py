@@ -52,6 +52,7 @@ class BuildReport(BaseModel):
     rejection_reasons: dict[str, int] = Field(default_factory=dict, description="'stage/reason' -> count, this run")
     versions_before: dict[str, int] = Field(default_factory=dict)
     versions: dict[str, int] = Field(default_factory=dict)
+    tables: dict[str, tuple[int, int]] = Field(default_factory=dict, description="table -> (fragments, versions kept) after upkeep")
     contact_sheet: str | None = None
     seconds: dict[str, float] = Field(default_factory=dict, description="wall time per stage")
     dead_runs: list[str] = Field(default_factory=list, description="earlier runs on this table found dead and marked Crashed")

@@ -23,3 +23,14 @@ def code_version() -> str:
             digest.update(path.relative_to(_ROOT).as_posix().encode())
             digest.update(path.read_bytes())
     return f"{version}+{digest.hexdigest()[:12]}"
+
+
+@lru_cache(maxsize=1)
+def probe_version() -> str:
+    """A hash of the code that decides a probe report (the Blender stage package and the report's
+    schema): a stored probe is reused, by every render configuration, while this holds."""
+    digest = hashlib.sha256()
+    for path in [*sorted((_ROOT / "pipelines" / "build" / "blender").rglob("*.py")), _ROOT / "schemas" / "assets.py"]:
+        digest.update(path.relative_to(_ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

@@ -121,6 +121,9 @@ class Rejection(BaseModel):
     config_hash: str = ""
     code_version: str = ""
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    # Added after tables existed (old rows read null): a filter-stage rejection holds the hash of the
+    # FilterRules that made it, so a refresh under other rules decides that asset again.
+    rules_hash: str | None = None
 
 
 def utcnow() -> datetime:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pydantic import BaseModel, Field, model_validator
 
 
@@ -26,3 +29,8 @@ class FilterRules(BaseModel):
         if self.min_bones > self.max_bones:
             raise ValueError(f"min_bones ({self.min_bones}) is above max_bones ({self.max_bones})")
         return self
+
+    def rules_hash(self) -> str:
+        """A short, stable hash of every rule (canonical JSON): filter rejections record it."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pyarrow as pa
 from pydantic import BaseModel, Field, field_validator
+
+from schemas.assets import Rejection
 
 # Formats whose files can hold an armature with skinned meshes and Blender imports natively.
 RIG_FILE_TYPES: frozenset[str] = frozenset({"glb", "gltf", "fbx", "blend"})
@@ -69,3 +72,39 @@ class PrefilterRules(BaseModel):
         """A short, stable hash of every field (canonical JSON), recorded with rejections."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# The columns of the released Objaverse-XL annotation tables.
+ANNOTATION_COLUMNS: tuple[str, ...] = ("fileIdentifier", "source", "license", "fileType", "sha256", "metadata")
+# What the prefilter reads, whatever the source: those columns as strings, plus where the bytes already
+# are for sources that have them on disk (local, procedural; null for Objaverse-XL).
+ANNOTATION_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in (*ANNOTATION_COLUMNS, "local_path")])
+
+# What the prefilter keeps: the annotation with its licence as an SPDX id, the raw licence string
+# when it differs, file type and sha256 normalised, and the other places of the same bytes (JSON, in
+# preference order; null when there are none). An AssetRef is built from a row only for work to do.
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        pa.field("fileIdentifier", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("license", pa.string()),
+        pa.field("license_raw", pa.string()),
+        pa.field("fileType", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("metadata", pa.string()),
+        pa.field("duplicate_copies", pa.string()),
+        pa.field("local_path", pa.string()),
+    ]
+)
+
+
+class CandidateSummary(BaseModel):
+    """What discovery and the prefilter did in one run (small: the rows themselves are in files)."""
+
+    path: str = Field(description="parquet of the accepted candidates (CANDIDATES_SCHEMA), in annotation order")
+    scanned: int = Field(0, description="annotation rows decided (a limit stops the scan early)")
+    accepted: int = 0
+    rejected: int = 0
+    rejections_written: int = Field(0, description="new rows in the rejections table (known ones are not rewritten)")
+    reasons: dict[str, int] = Field(default_factory=dict, description="'prefilter/reason' -> count")
+    first_rejections: list[Rejection] = Field(default_factory=list, description="the first few, for a person to look at")

@@ -11,6 +11,11 @@ from pydantic import BaseModel, Field, model_validator
 from schemas.parts import ColourRules, PartRules, part_rules_hash
 
 
+# Fields that change how fast a sample is made, never its pixels (Cycles' result does not depend on
+# its thread count: tests/pipelines/build/test_worker.py renders both ways and compares).
+PIXEL_NEUTRAL: tuple[str, ...] = ("threads",)
+
+
 class RenderSpec(BaseModel):
     """The render grid and everything else that changes the pixels of a sample.
 
@@ -53,10 +58,16 @@ class RenderSpec(BaseModel):
                 raise ValueError("elevation_range_deg must be (low, high) with -89 <= low <= high <= 89")
         return self
 
+    def canonical_json(self) -> str:
+        """The fields that change a pixel, as canonical JSON (what :meth:`config_hash` is taken over and a
+        sample records). The fields of :data:`PIXEL_NEUTRAL` are held at their defaults: the hashes of
+        tables built before they were left out stay valid."""
+        neutral = {name: type(self).model_fields[name].default for name in PIXEL_NEUTRAL}
+        return json.dumps(self.model_copy(update=neutral).model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
     def config_hash(self) -> str:
-        """A short, stable hash of every field (canonical JSON)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """A short, stable hash of everything that changes a pixel (so a changed ``threads`` renders nothing)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     def part_rules_hash(self) -> str:
         """The hash of the fields that decide parts and their colours: the part decision's key uses

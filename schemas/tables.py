@@ -15,9 +15,9 @@ from enum import Enum
 from typing import Any, Iterable, TypeVar
 
 import pyarrow as pa
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from schemas.assets import AssetRef, ProbeReport, Rejection
+from schemas.assets import AssetRef, ProbeReport, Rejection, utcnow
 from schemas.lift import RigRow
 from schemas.parts import PartDecision
 from schemas.samples import Sample
@@ -144,8 +144,19 @@ class AssetRow(BaseModel):
     code_version: str = ""
 
 
+class ProbeRow(BaseModel):
+    """One row of the ``probes`` table: what Blender found in an asset's bytes under one version of the
+    probe code; reused by every render configuration (``pipelines.version.probe_version``)."""
+
+    sha256: str
+    probe_version: str
+    probe: ProbeReport
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 SAMPLES_SCHEMA = arrow_schema(Sample)
 ASSETS_SCHEMA = arrow_schema(AssetRow)
 REJECTIONS_SCHEMA = arrow_schema(Rejection)
 PARTS_SCHEMA = arrow_schema(PartDecision)
 RIGS_SCHEMA = arrow_schema(RigRow)
+PROBES_SCHEMA = arrow_schema(ProbeRow)

@@ -1,7 +1,7 @@
-"""The Lance tables of a build: ``samples``, ``assets``, ``rejections`` and ``parts``, written idempotently.
+"""The Lance tables of a build: ``samples``, ``assets``, ``rejections``, ``parts`` and ``probes``, written idempotently.
 
 A store is a folder (local path or ``s3://`` URI) holding ``samples.lance``, ``assets.lance``,
-``rejections.lance`` and ``parts.lance``. Every table has one non-null string primary key, marked with
+``rejections.lance``, ``parts.lance`` and ``probes.lance``. Every table has one non-null string primary key, marked with
 Lance's ``lance-schema:unenforced-primary-key`` field metadata:
 
 - ``samples``: ``sample_id`` (= ``sample_key(sha256, clip, config_hash)``);
@@ -10,7 +10,12 @@ Lance's ``lance-schema:unenforced-primary-key`` field metadata:
 - ``parts``: ``decision_id`` (= ``part_decision_key(sha256, clip, part rules hash, code version)``): the
   part decision of a clip, one row for every render configuration of it. Each sample carries its
   decision (its ``part_map``) and names it in ``part_decision_id``; :meth:`DatasetStore.write_samples`
-  records it here, and a worker reads it back (:meth:`DatasetStore.part_decisions`) instead of deciding again.
+  records it here, and a worker reads it back (:meth:`DatasetStore.part_decisions`) instead of deciding again;
+- ``probes``: ``probe_key`` = :func:`probe_key` (sha256, probe code version): what Blender found in an
+  asset, reused by every render configuration (:meth:`DatasetStore.stored_probe`).
+
+A table written by older code that lacks columns this code added (nullable, at the end) gains them
+when the store is opened; its rows read null there.
 
 Writes are "insert if not exists" (the first write of a key wins): keys already in the table or
 repeated within the batch are dropped, the rest go through one ``merge_insert`` on the key, so a
@@ -24,16 +29,21 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import tempfile
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
 import lance
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from pipelines.build.framepack import grid_shape
-from schemas.assets import Rejection, RejectReason
+from pipelines.build.hexkeys import hex_key16, isin_sorted
+from schemas.assets import ProbeReport, Rejection, RejectReason
 from schemas.errors import ReasonError
 from schemas.parts import PartDecision, part_decision_key
 from schemas.render import RenderSpec
@@ -42,15 +52,17 @@ from schemas.tables import (
     ASSETS_SCHEMA,
     BLOB_METADATA,
     PARTS_SCHEMA,
+    PROBES_SCHEMA,
     REJECTIONS_SCHEMA,
     SAMPLES_SCHEMA,
     AssetRow,
+    ProbeRow,
     from_table,
     to_row,
 )
 
-TableName = Literal["samples", "assets", "rejections", "parts"]
-TABLES: tuple[TableName, ...] = ("samples", "assets", "rejections", "parts")
+TableName = Literal["samples", "assets", "rejections", "parts", "probes"]
+TABLES: tuple[TableName, ...] = ("samples", "assets", "rejections", "parts", "probes")
 PRIMARY_KEY_METADATA = {b"lance-schema:unenforced-primary-key": b"true"}
 BLOB_COLUMNS = tuple(f.name for f in SAMPLES_SCHEMA if f.metadata == BLOB_METADATA)
 
@@ -59,6 +71,12 @@ TRANSIENT_REASONS = frozenset({RejectReason.download_failed, RejectReason.timeou
 
 # Rows converted to Arrow at a time while streaming a write: bounds the memory a write holds.
 WRITE_CHUNK_ROWS = 16
+# Upkeep at the end of a build (``DatasetStore.compact``): compact past this many fragments, keep
+# versions this long (Lance's own default) for readers pinned to one.
+MAX_FRAGMENTS = 32
+VERSION_RETENTION = timedelta(days=7)
+# Rows of one merge_insert commit of a large write (Lance holds a merge's source in memory).
+MERGE_CHUNK_ROWS = 50_000
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -76,6 +94,11 @@ def asset_key(sha256: str, config_hash: str) -> str:
     return _digest(sha256, config_hash)
 
 
+def probe_key(sha256: str, probe_version: str) -> str:
+    """Primary key of a ``probes`` row: the asset's bytes and the probe code, not the render configuration."""
+    return _digest(sha256, probe_version)
+
+
 def rejection_key(sha256: str, file_identifier: str, clip: str, config_hash: str, stage: str) -> str:
     """Primary key of a ``rejections`` row.
 
@@ -83,6 +106,17 @@ def rejection_key(sha256: str, file_identifier: str, clip: str, config_hash: str
     that failed to download) each keep their own answer to "why was this left out".
     """
     return _digest(sha256, file_identifier, clip, config_hash, stage)
+
+
+_REJECTION_KEY_PARTS = ("sha256", "file_identifier", "clip", "config_hash", "stage")  # rejection_key's order
+
+
+def _take_rows(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Batches from ``batches`` until about ``rows`` rows (whole batches) have been taken."""
+    taken = 0
+    while taken < rows and (batch := next(batches, None)) is not None:
+        taken += batch.num_rows
+        yield batch
 
 
 def _with_primary_key(schema: pa.Schema, key: str) -> pa.Schema:
@@ -93,13 +127,14 @@ def _with_primary_key(schema: pa.Schema, key: str) -> pa.Schema:
 
 
 KEY_COLUMN: dict[TableName, str] = {
-    "samples": "sample_id", "assets": "row_key", "rejections": "row_key", "parts": "decision_id"
+    "samples": "sample_id", "assets": "row_key", "rejections": "row_key", "parts": "decision_id", "probes": "probe_key"
 }
 TABLE_SCHEMAS: dict[TableName, pa.Schema] = {
     "samples": _with_primary_key(SAMPLES_SCHEMA, "sample_id"),
     "assets": _with_primary_key(ASSETS_SCHEMA, "row_key"),
     "rejections": _with_primary_key(REJECTIONS_SCHEMA, "row_key"),
     "parts": _with_primary_key(PARTS_SCHEMA, "decision_id"),
+    "probes": _with_primary_key(PROBES_SCHEMA, "probe_key"),
 }
 
 
@@ -204,8 +239,18 @@ class DatasetStore:
                     raise
             return
         expected, found = TABLE_SCHEMAS[table].names, existing.schema.names
-        if expected != found:
+        if expected == found:
+            return
+        added = [f for f in TABLE_SCHEMAS[table] if f.name not in found]
+        if found != expected[: len(found)] or not all(f.nullable for f in added):
             raise StoreError("schema_mismatch", f"{path} has columns {found}, this code writes {expected}")
+        # Schema evolution: columns this code added at the end, nullable, so rows from before read null.
+        # A metadata-only commit; another process may have made the same one first.
+        try:
+            existing.add_columns(added)
+        except (OSError, ValueError):
+            if lance.dataset(path, storage_options=self.storage_options).schema.names != expected:
+                raise
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -236,8 +281,67 @@ class DatasetStore:
     def write_assets(self, rows: Iterable[AssetRow]) -> int:
         return self._insert_new("assets", rows, lambda r: asset_key(r.asset.sha256, r.config_hash))
 
+    def write_probes(self, rows: Iterable[ProbeRow]) -> int:
+        return self._insert_new("probes", rows, lambda r: probe_key(r.sha256, r.probe_version))
+
     def write_rejections(self, rows: Iterable[Rejection]) -> int:
         return self._insert_new("rejections", rows, lambda r: rejection_key(r.sha256, r.file_identifier, r.clip, r.config_hash, r.stage))
+
+    def write_rejection_batches(self, batches: Iterable[pa.RecordBatch], stage: str, config_hash: str) -> int:
+        """Insert the rows of ``batches`` (REJECTIONS_SCHEMA, every row of ``stage`` and ``config_hash``)
+        whose key is new (no commit when nothing is new); returns the rows added.
+
+        Built for millions of rows (the prefilter's): the keys already stored for this stage and config
+        are held as 16-byte values (16 MB per million), new rows are spooled to a local Arrow file, not
+        held, and the first row of each key is kept; they go in one commit per ``MERGE_CHUNK_ROWS``.
+        A row stored once is never written again.
+        """
+        key_column = KEY_COLUMN["rejections"]
+        scope = f"stage = {sql_literal(stage)} AND config_hash = {sql_literal(config_hash)}"
+        stored_batches = self.checkout(None, "rejections").to_batches(
+            columns=[key_column], filter=scope, batch_readahead=1, fragment_readahead=1
+        )  # converted batch by batch: the keys are never held as strings
+        stored = np.sort(np.concatenate([hex_key16(b.column(0)) for b in stored_batches] or [np.zeros(0, "S16")]))
+        schema = TABLE_SCHEMAS["rejections"]
+        with tempfile.TemporaryDirectory(prefix="kp20k-rejections-") as spool:
+            path = Path(spool) / "new.arrow"
+            new_keys = []
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for batch in batches:
+                    if batch.num_rows == 0:
+                        continue
+                    if pc.any(pc.or_(pc.not_equal(batch.column("stage"), stage), pc.not_equal(batch.column("config_hash"), config_hash))).as_py():
+                        raise StoreError("bad_rejection_batch", f"rows of another stage or config than {stage}/{config_hash}")
+                    keys = pa.array(
+                        [rejection_key(*parts) for parts in zip(*(batch.column(c).to_pylist() for c in _REJECTION_KEY_PARTS))],
+                        pa.string(),
+                    )
+                    fresh = ~isin_sorted(hex_key16(keys), stored)
+                    if fresh.any():
+                        batch = batch.append_column(key_column, keys).filter(pa.array(fresh))
+                        writer.write_batch(batch.select(schema.names).cast(schema))
+                        new_keys.append(hex_key16(batch.column(key_column)))
+            if not new_keys:
+                return 0
+            _, first = np.unique(np.concatenate(new_keys), return_index=True)
+            keep = np.zeros(sum(len(k) for k in new_keys), dtype=bool)
+            keep[first] = True
+            del new_keys, first
+
+            def kept() -> Iterator[pa.RecordBatch]:
+                at = 0
+                with pa.OSFile(str(path), "rb") as spooled:  # read, not memory-mapped: RSS stays bounded
+                    for batch in pa.ipc.open_stream(spooled):
+                        yield batch.filter(pa.array(keep[at : at + batch.num_rows]))
+                        at += batch.num_rows
+
+            # One commit per MERGE_CHUNK_ROWS: a merge_insert holds its source in memory.
+            added, rows = 0, kept()
+            while chunk := list(_take_rows(rows, MERGE_CHUNK_ROWS)):
+                reader = pa.RecordBatchReader.from_batches(schema, iter(chunk))
+                stats = self.checkout(None, "rejections").merge_insert(key_column).when_not_matched_insert_all().execute(reader)
+                added += int(stats["num_inserted_rows"])
+        return added
 
     def _insert_new(self, table: TableName, records: Iterable[R], key_of: Callable[[R], str]) -> int:
         dataset = self.checkout(None, table)
@@ -275,6 +379,29 @@ class DatasetStore:
             raise
         return int(stats["num_inserted_rows"])
 
+    # -- upkeep ------------------------------------------------------------------------------
+
+    def compact(
+        self, max_fragments: int = MAX_FRAGMENTS, keep_versions_for: timedelta = VERSION_RETENTION
+    ) -> dict[str, tuple[int, int]]:
+        """Keep every table's fragments and versions bounded; returns table -> (fragments, versions).
+
+        A table with more than ``max_fragments`` fragments is compacted (one new version, the same
+        rows); then versions older than ``keep_versions_for`` are deleted, never the latest. A reader
+        pinned to a version (training records the one it read) keeps it for that long. A table with
+        nothing to do gets no commit.
+        """
+        counts = {}
+        for table in TABLES:
+            dataset = self.checkout(None, table)
+            if len(dataset.get_fragments()) > max_fragments:
+                dataset.optimize.compact_files()
+            dataset = self.checkout(None, table)
+            dataset.cleanup_old_versions(older_than=keep_versions_for)
+            dataset = self.checkout(None, table)
+            counts[table] = (len(dataset.get_fragments()), len(dataset.versions()))
+        return counts
+
     # -- reads -------------------------------------------------------------------------------
 
     def read(
@@ -301,28 +428,36 @@ class DatasetStore:
         return set(self.read_samples(version, ["sample_id"], where).column("sample_id").to_pylist())
 
     def decided_assets(
-        self, config_hash: str, retry: Iterable[RejectReason] = TRANSIENT_REASONS
+        self, config_hash: str, retry: Iterable[RejectReason] = TRANSIENT_REASONS, filter_rules_hash: str | None = None
     ) -> dict[str, Literal["sample", "rejected"]]:
         """sha256 -> what a build with ``config_hash`` already decided, so a refresh skips it.
 
         An asset with a sample under this config is ``"sample"``; otherwise one with a rejection under
         this config, or a config-independent one (``config_hash == ""``, e.g. prefilter or probe), is
-        ``"rejected"``, except rejections whose reason is in ``retry`` (transient ones by default).
+        ``"rejected"``, except rejections whose reason is in ``retry`` (transient ones by default) and,
+        given ``filter_rules_hash``, filter rejections made under other filter rules (rows from before
+        filter rules were recorded count as made under these).
         """
         where = f"config_hash = {sql_literal(config_hash)}"
+        if filter_rules_hash is not None:
+            where += f" AND NOT (stage = 'filter' AND rules_hash IS NOT NULL AND rules_hash != {sql_literal(filter_rules_hash)})"
         rejected = self.read(
-            "rejections", columns=["sha256", "reason"], filter=f"{where} OR config_hash = ''"
+            "rejections", columns=["sha256", "reason"], filter=f"({where}) OR config_hash = ''"
         ).to_pylist()
         retry_codes = {RejectReason(r).value for r in retry}
         decided: dict[str, Literal["sample", "rejected"]] = {
             row["sha256"]: "rejected" for row in rejected if row["reason"] not in retry_codes
         }
+        where = f"config_hash = {sql_literal(config_hash)}"
         for sha in self.read_samples(columns=["sha256"], filter=where).column("sha256").to_pylist():
             decided[sha] = "sample"
         return decided
 
-    def finished_assets(self, config_hash: str, driver_stages: Iterable[str]) -> set[str]:
-        """The resume rule: sha256s a build with ``config_hash`` need not touch again.
+    def finished_assets(
+        self, config_hash: str, driver_stages: Iterable[str], filter_rules_hash: str | None = None
+    ) -> set[str]:
+        """The resume rule: sha256s a build with ``config_hash`` (and, given, ``filter_rules_hash``)
+        need not touch again.
 
         The decisions (a sample, or a non-transient rejection) minus the assets a worker started to
         commit whose ``assets`` row, written last in a shard, is missing: a kill between a shard's
@@ -335,7 +470,12 @@ class DatasetStore:
         stages = ", ".join(sql_literal(s) for s in driver_stages)
         worker_rejections = self.read("rejections", columns=["sha256"], filter=f"{where} AND stage NOT IN ({stages})")
         touched |= set(worker_rejections.column("sha256").to_pylist())
-        return set(self.decided_assets(config_hash)) - (touched - marked)
+        return set(self.decided_assets(config_hash, filter_rules_hash=filter_rules_hash)) - (touched - marked)
+
+    def stored_probe(self, sha256: str, probe_version: str) -> ProbeReport | None:
+        """The probe report of the asset ``sha256`` under this probe code, if one is stored."""
+        rows = from_table(ProbeRow, self.read("probes", filter=f"probe_key = {sql_literal(probe_key(sha256, probe_version))}"))
+        return rows[0].probe if rows else None
 
     def part_decisions(self, sha256: str, rules_hash: str, code_version: str) -> dict[str, PartDecision]:
         """clip -> the stored part decision of each clip of the asset ``sha256`` under these part rules

@@ -17,12 +17,12 @@ decision so that the store records it (``parts`` table) when the sample is writt
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from pipelines.build import filters
 from pipelines.build.blender.errors import BlenderStageError
@@ -32,12 +32,15 @@ from pipelines.build.blender.session import BlenderSession
 from pipelines.build.framepack import pack
 from pipelines.build.parts import PartsError
 from pipelines.build.store import DatasetStore, StoreError
-from pipelines.version import code_version
+from pipelines.version import code_version, probe_version
 from schemas.assets import AssetRef, ProbeReport, RejectReason, Rejection
 from schemas.filters import FilterRules
 from schemas.parts import PartDecision, part_decision_key
 from schemas.render import RenderSpec
 from schemas.samples import Sample, sample_key
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,18 +59,14 @@ def object_seed(spec: RenderSpec, sha256: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{spec.seed}\x00{sha256}".encode()).digest()[:8], "little")
 
 
-def render_config(spec: RenderSpec) -> str:
-    """The spec as canonical JSON, the text its config_hash is taken over."""
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-
-
 class AssetWorker:
     """Renders assets with one warm :class:`BlenderSession`; ``threads`` defaults to ``spec.threads``.
 
     ``n_assets`` and ``n_renders`` count this worker's lifetime work, so a pool can recycle it after
     N assets (long-lived Blender processes have been seen to hang after hundreds of renders);
     ``n_parts_reused`` counts the clips rendered with a part decision read from the store at
-    ``lance_uri`` (None: no store, every clip is decided).
+    ``lance_uri`` (None: no store, every clip is decided), ``n_probes_reused`` the assets whose probe
+    report came from the store (a new render configuration probes nothing already probed).
     """
 
     def __init__(
@@ -89,6 +88,8 @@ class AssetWorker:
         self.n_assets = 0
         self.n_renders = 0
         self.n_parts_reused = 0
+        self.n_probes_reused = 0
+        self.probe_version = probe_version()
 
     def process(self, asset: AssetRef, clips: list[str] | None = None) -> WorkResult:
         started = time.perf_counter()
@@ -109,7 +110,12 @@ class AssetWorker:
         if asset.local_path is None:
             result.rejections.append(self._reject(asset, "fetch", RejectReason.file_missing, "asset has no local_path"))
             return
-        probe = probe_asset(self.session, asset.local_path, asset.sha256)
+        probe = self._from_store("probe", lambda store: store.stored_probe(asset.sha256, self.probe_version), None)
+        loaded = probe is None
+        if probe is None:
+            probe = probe_asset(self.session, asset.local_path, asset.sha256)
+        else:
+            self.n_probes_reused += 1
         result.probe = probe
         accepted, rejected = filters.select_clips(probe, self.filters, clips)
         stage = "probe" if not probe.ok else "filter"
@@ -117,7 +123,9 @@ class AssetWorker:
         stored = self._stored_decisions(asset.sha256) if accepted else {}
         for n, clip in enumerate(accepted):
             try:
-                if n:  # rendering changed the scene (materials, hidden objects): start the next clip clean
+                # Rendering changes the scene (materials, hidden objects): every clip after the first
+                # starts clean, and a stored probe loaded nothing.
+                if n or not loaded:
                     self.session.load(asset.local_path)
                 known = stored[clip].part_map if clip in stored else None
                 grid = render_grid(self.session, clip, self.spec, object_seed(self.spec, asset.sha256), parts=known)
@@ -134,18 +142,24 @@ class AssetWorker:
             result.samples.append(self._sample(asset, probe, grid))
 
     def _stored_decisions(self, sha256: str) -> dict[str, PartDecision]:
-        """The asset's stored part decisions under this worker's part rules and code version. A store
-        that cannot be read costs only the time to decide again (the decision is deterministic)."""
+        """The asset's stored part decisions under this worker's part rules and code version."""
+        return self._from_store(
+            f"part decisions of {sha256}", lambda store: store.part_decisions(sha256, self.rules_hash, self.code_version), {}
+        )
+
+    def _from_store(self, what: str, read: Callable[[DatasetStore], T], default: T) -> T:
+        """``read`` on the store at ``lance_uri``, or ``default`` when there is none. A store that cannot
+        be read costs only the time to work it out again (probes and decisions are deterministic)."""
         if self.lance_uri is None:
-            return {}
+            return default
         try:
             if self._store is None or self._store.uri != self.lance_uri.rstrip("/"):
                 self._store = DatasetStore(self.lance_uri)  # each read checks out the latest version
-            return self._store.part_decisions(sha256, self.rules_hash, self.code_version)
+            return read(self._store)
         except (StoreError, OSError, ValueError) as exc:
             with self.session.capture():
-                print(f"kp20k worker: part decisions of {sha256} not read from {self.lance_uri}, deciding again: {exc}")
-            return {}
+                print(f"kp20k worker: {what} not read from {self.lance_uri}, working it out again: {exc}")
+            return default
 
     def _sample(self, asset: AssetRef, probe: ProbeReport, grid: RenderedGrid) -> Sample:
         n_views, n_frames, height, width = grid.part_ids.shape
@@ -170,7 +184,7 @@ class AssetWorker:
             rgb=pack(grid.rgb),
             parts=pack(grid.parts),
             alpha=pack(grid.alpha),
-            render_config=render_config(self.spec),
+            render_config=self.spec.canonical_json(),
             config_hash=self.config_hash,
             code_version=self.code_version,
             probe_seconds=probe.seconds,
@@ -190,6 +204,7 @@ class AssetWorker:
             clip=clip,
             config_hash=self.config_hash,
             code_version=self.code_version,
+            rules_hash=self.filters.rules_hash() if stage == "filter" else None,
         )
 
 

@@ -31,6 +31,7 @@ from pipelines.build.sources.procedural import generate_assets
 from pipelines.build.store import DatasetStore
 from schemas.render import RenderSpec
 from schemas.samples import sample_key
+from tests import factories
 from tests.flows.artifact_images import embedded_png
 from tests.flows.conftest import TINY_RENDER, process_alive
 
@@ -156,14 +157,15 @@ def test_an_unchanged_refresh_opens_no_blender(dataset, first):
     assert refresh.render.gcs_address == ""  # Ray was not even asked
     assert refresh.versions == versions  # no empty commits
     assert sample_rows(before) == sample_rows(dataset.store())
-    # The prefilter's cache is keyed on its inputs and code, not on the run: this run reused it.
+    # The prefilter ran again (it must see new files) but wrote nothing: the rejections version above
+    # is unchanged. Its Prefect result is counts, not the candidates.
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     states = {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
-    assert states["prefilter"] == "Cached"
+    assert states["discover-prefilter"] == "Completed"
     assert "render" not in states
-    # the two rejection commits say which stage they commit
-    assert {"commit-prefilter-rejections", "commit-fetch-rejections"} <= {t.name for t in tasks}
+    # each rejection commit says which stage it commits
+    assert "commit-fetch-rejections" in states and "commit-rejections" not in states
 
 
 def test_a_refresh_renders_exactly_the_two_new_assets(dataset, first):
@@ -182,8 +184,11 @@ def test_a_changed_render_spec_adds_new_rows_and_keeps_the_old_ones_readable(dat
     old_version = store.version("samples")
     old_rows = sample_rows(store)
     decisions = store.read("parts", columns=["decision_id", "sha256", "clip"]).to_pylist()
+    probes_version = store.version("probes")
     changed = {**TINY_RENDER, "resolution": 40, "n_frames": 1}
     report, _ = dataset.build(render=changed)
+    # nothing probed again: every asset's probe is stored under its bytes and the probe code, not the grid
+    assert dataset.store().version("probes") == probes_version
     assert report.config_hash == RenderSpec(**changed).config_hash() != old_rows[0]["config_hash"]
     # every asset, again, under the new spec (however many earlier tests of this module added)
     assert len(report.render.processed_sha256) == report.candidates >= 4 and report.already_decided == 0
@@ -204,6 +209,32 @@ def test_a_changed_render_spec_adds_new_rows_and_keeps_the_old_ones_readable(dat
         assert {r["config_hash"] for r in rows_of_clip} == {old_rows[0]["config_hash"], report.config_hash}
         assert all(r["part_map"] == rows_of_clip[0]["part_map"] for r in rows_of_clip)
         assert len({r["part_decision_id"] for r in rows_of_clip}) == 1
+
+
+def test_a_changed_thread_count_renders_nothing(dataset, first):
+    before = dataset.store()
+    versions = {table: before.version(table) for table in ("samples", "assets", "rejections")}
+    refresh, _ = dataset.build(render={**TINY_RENDER, "threads": 2})
+    assert refresh.config_hash == first[0].config_hash  # threads change how fast, not what is rendered
+    assert refresh.already_decided == refresh.candidates >= 4 and refresh.render.processed_sha256 == []
+    assert refresh.versions == versions
+
+
+def test_relaxed_filters_re_decide_only_the_assets_a_filter_rejected(tmp_path):
+    data = Dataset(tmp_path)
+    generate_assets(2, data.assets, seed=7)
+    factories.truncated_glb(data.assets)  # rejected by the probe, whatever the filters
+    strict, _ = data.build(filters={"max_bones": 2})
+    rows = data.store().read("rejections", columns=["sha256", "stage"]).to_pylist()
+    by_filter = {r["sha256"] for r in rows if r["stage"] == "filter"}
+    assert by_filter and {r["stage"] for r in rows} >= {"probe", "filter"}
+    probes = data.store().read("probes", columns=["probe_key"]).num_rows
+    assert probes == len(strict.render.processed_sha256) == 3
+
+    relaxed, _ = data.build(filters={"max_bones": 100})
+    assert set(relaxed.render.processed_sha256) == by_filter  # not the probe failure, not the accepted ones
+    assert data.store().read("probes", columns=["probe_key"]).num_rows == probes  # decided again without probing
+    assert {r["sha256"] for r in sample_rows(data.store())} >= by_filter
 
 
 def test_a_bad_parameter_fails_the_run_before_any_work(tmp_path):

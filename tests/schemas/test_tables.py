@@ -98,6 +98,7 @@ def rejection() -> Rejection:
         config_hash="cfg",
         code_version="v1",
         created_at=WHEN,
+        rules_hash="filters0123abcd",
     )
 
 

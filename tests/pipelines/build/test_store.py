@@ -21,6 +21,7 @@ from pipelines.build.framepack import pack, unpack
 from pipelines.build.store import DatasetStore, StoreError, asset_key, table_uri
 from tests.synthetic_samples import part_grid, synthetic_sample
 from schemas.assets import AssetRef, ProbeReport, RejectReason, Rejection
+from schemas.filters import FilterRules
 from schemas.parts import PartDecision, PartRules
 from schemas.render import RenderSpec
 from schemas.samples import Sample
@@ -228,6 +229,66 @@ def test_decided_assets_knows_what_a_refresh_can_skip(store: DatasetStore) -> No
     decided = store.decided_assets(cfg)
     assert decided == {sha(0): "sample", sha(1): "sample", sha(3): "rejected", sha(4): "rejected"}
     assert store.decided_assets(cfg, retry=())[sha(5)] == "rejected"
+
+
+def test_a_changed_filter_re_decides_only_the_assets_a_filter_rejected(store: DatasetStore) -> None:
+    cfg, strict, relaxed = SPEC.config_hash(), FilterRules(max_bones=4), FilterRules(max_bones=50)
+    store.write_samples(samples(range(1)))  # asset 0 accepted
+    store.write_rejections([
+        rejection(1, RejectReason.too_many_bones, cfg).model_copy(update={"rules_hash": strict.rules_hash()}),
+        rejection(2, RejectReason.import_error, cfg, stage="probe"),  # no filter decided it
+        rejection(3, RejectReason.too_few_parts, cfg, stage="parts"),
+        rejection(4, RejectReason.static_animation, cfg),  # a row from before rules were recorded
+    ])
+    rows = [AssetRow(asset=AssetRef(file_identifier=f"f{i}", source="local", file_type="glb", sha256=sha(i)),
+                     probe=ProbeReport(sha256=sha(i), ok=True), config_hash=cfg) for i in range(5)]
+    store.write_assets(rows)  # every asset's shard is complete
+    unchanged = store.finished_assets(cfg, ("prefilter",), strict.rules_hash())
+    changed = store.finished_assets(cfg, ("prefilter",), relaxed.rules_hash())
+    assert unchanged == {sha(i) for i in range(5)}
+    assert unchanged - changed == {sha(1)}
+
+
+def test_an_existing_table_keeps_working_when_a_column_is_added(tmp_path: Path) -> None:
+    """A rejections table written before ``rules_hash`` existed: opened, it gains the column (old rows
+    read null), keeps its rows and versions, and takes rows of the new shape."""
+    from pipelines.build.store import TABLE_SCHEMAS, rejection_key
+
+    new_schema = TABLE_SCHEMAS["rejections"]
+    old_schema = new_schema.remove(new_schema.get_field_index("rules_hash"))
+    old = rejection(1, RejectReason.no_armature)
+    row = {**{k: v for k, v in old.model_dump(mode="python").items() if k != "rules_hash"}, "reason": old.reason.value,
+           "row_key": rejection_key(old.sha256, old.file_identifier, old.clip, old.config_hash, old.stage)}
+    lance.write_dataset(pa.Table.from_pylist([row], schema=old_schema), table_uri(str(tmp_path), "rejections"))
+
+    store = DatasetStore(str(tmp_path))
+    assert store.checkout(table="rejections").schema.names == new_schema.names
+    assert from_table(Rejection, store.read("rejections")) == [old]  # read back with rules_hash None
+    assert store.write_rejections([old]) == 0  # still known by its key
+    new = rejection(2, RejectReason.too_many_bones).model_copy(update={"rules_hash": FilterRules().rules_hash()})
+    assert store.write_rejections([new]) == 1
+    assert {r.sha256: r.rules_hash for r in from_table(Rejection, store.read("rejections"))} == {
+        sha(1): None, sha(2): FilterRules().rules_hash()}
+    assert store.decided_assets("", filter_rules_hash=FilterRules().rules_hash()) == {sha(1): "rejected", sha(2): "rejected"}
+    assert DatasetStore(str(tmp_path)).checkout(table="rejections").schema.names == new_schema.names  # opened again: as is
+
+
+def test_compaction_and_cleanup_keep_fragments_and_versions_bounded(store: DatasetStore) -> None:
+    from datetime import timedelta
+
+    for i in range(7):  # seven commits: seven fragments, eight versions
+        store.write_samples(samples(range(i, i + 1)))
+    before = row_ids(store)
+    untouched = store.version("rejections")
+    counts = store.compact(max_fragments=3, keep_versions_for=timedelta(0))
+    assert counts["samples"] == (1, 1)  # compacted, and only the latest version is left
+    assert row_ids(store) == before and len(before) == 7
+    assert store.version("rejections") == untouched  # nothing to compact: no commit
+    assert all(fragments <= 3 and versions == 1 for fragments, versions in counts.values())
+    for i in range(7, 9):  # below the bound: written, not compacted
+        store.write_samples(samples(range(i, i + 1)))
+    assert store.compact(max_fragments=3, keep_versions_for=timedelta(0))["samples"] == (3, 1)
+    assert len(row_ids(store)) == 9
 
 
 def test_existing_table_with_other_columns_is_refused(tmp_path: Path) -> None:

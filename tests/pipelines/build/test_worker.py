@@ -189,3 +189,46 @@ def test_a_clip_of_one_frame_is_rejected_with_its_reason(worker: AssetWorker, tm
     assert not result.samples
     assert [(r.stage, r.reason, r.clip) for r in result.rejections] == [("parts", RejectReason.clip_too_short, "swing")]
     assert "single frame" in result.rejections[0].detail
+
+
+def test_a_new_render_configuration_reuses_the_stored_probe(tmp_path: Path) -> None:
+    """The probe is keyed by the asset and the probe code, not by the grid: a second configuration
+    probes nothing and still renders (the stored probe loaded no scene: the worker loads it)."""
+    from pipelines.version import probe_version
+    from schemas.tables import ProbeRow
+
+    store = DatasetStore(str(tmp_path / "kp20k"))
+    asset = generate_asset("arm", 3, tmp_path)
+    results, reused = [], []
+    for spec in (SPEC, SPEC.model_copy(update={"n_views": 1, "resolution": 16})):
+        worker = AssetWorker(spec, FilterRules(), threads=2, log_path=tmp_path / "worker.log", lance_uri=store.uri)
+        try:
+            results.append(worker.process(asset))
+            reused.append(worker.n_probes_reused)
+        finally:
+            worker.close()
+        store.write_probes([ProbeRow(sha256=asset.sha256, probe_version=probe_version(), probe=results[-1].probe)])
+    first, second = results
+    assert reused == [0, 1]
+    assert second.probe == first.probe and first.probe.ok
+    assert sorted(s.clip for s in second.samples) == sorted(s.clip for s in first.samples) == ["reach", "wave"]
+    assert {s.n_views for s in second.samples} == {1} and not second.rejections
+    assert store.checkout(table="probes").count_rows() == 1
+
+
+def test_threads_change_no_pixel_and_no_key(tmp_path: Path) -> None:
+    """Why ``threads`` is left out of the render configuration's hash: Cycles renders the same pixels
+    with 1 and with 2 threads (denoiser on, as by default)."""
+    asset = generate_asset("snake", 2, tmp_path)
+    out = {}
+    for threads in (1, 2):
+        spec = SPEC.model_copy(update={"threads": threads, "denoise": True, "samples": 4})
+        worker = AssetWorker(spec, FilterRules(), log_path=tmp_path / "worker.log")
+        try:
+            (out[threads], *_) = worker.process(asset).samples
+        finally:
+            worker.close()
+    one, two = out[1], out[2]
+    assert one.sample_id == two.sample_id and one.render_config == two.render_config
+    for column in ("rgb", "parts", "alpha"):
+        np.testing.assert_array_equal(unpack(getattr(one, column)), unpack(getattr(two, column)))

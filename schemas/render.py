@@ -10,6 +10,37 @@ from pydantic import BaseModel, Field, model_validator
 
 from schemas.parts import ColourRules, PartRules, part_rules_hash
 
+PresetName = Literal["draft", "dataset", "hero"]
+
+
+class Sampling(BaseModel):
+    """How Cycles samples an RGB image, beyond the sample count: what a preset fixes.
+
+    ``samples`` is what the preset asks for; the render uses ``RenderSpec.samples`` (``kp20k render
+    --preset`` sets it from here unless ``--samples`` is given). Chosen with
+    ``benchmarks/render_quality.py``; costs and quality in docs/rendering.md.
+    """
+
+    model_config = {"frozen": True}
+
+    samples: int = Field(ge=1, le=4096)
+    adaptive_threshold: float = Field(0.0, ge=0.0, description="Cycles noise threshold; 0 turns adaptive sampling off")
+    adaptive_min_samples: int = Field(0, ge=0, description="samples before adaptive sampling may stop a pixel; 0: Cycles picks")
+    denoising_quality: Literal["FAST", "BALANCED", "HIGH"] = "FAST"
+    denoising_prefilter: Literal["NONE", "FAST", "ACCURATE"] = "NONE"
+    max_bounces: int = Field(12, ge=0)
+    diffuse_bounces: int = Field(4, ge=0)
+    glossy_bounces: int = Field(4, ge=0)
+    transmission_bounces: int = Field(12, ge=0)
+    transparent_max_bounces: int = Field(8, ge=0)
+
+
+PRESETS: dict[str, Sampling] = {
+    "draft": Sampling(samples=8),
+    "dataset": Sampling(samples=32),
+    "hero": Sampling(samples=128, denoising_quality="HIGH", denoising_prefilter="ACCURATE"),
+}
+
 
 class RenderSpec(BaseModel):
     """The render grid and everything else that changes the pixels of a sample.
@@ -24,6 +55,9 @@ class RenderSpec(BaseModel):
     device: Literal["CPU", "GPU"] = "CPU"
     samples: int = Field(8, ge=1, le=4096)
     denoise: bool = True
+    preset: PresetName = Field(
+        "dataset", description="the sampling recipe (adaptive sampling, denoiser, bounces) of schemas.render.PRESETS"
+    )
     seed: int = 0
     elevation_deg: float = Field(10.0, ge=-89, le=89)
     elevation_range_deg: tuple[float, float] | None = Field(
@@ -57,6 +91,10 @@ class RenderSpec(BaseModel):
         """A short, stable hash of every field (canonical JSON)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def sampling(self) -> Sampling:
+        """The preset's recipe with this spec's sample count."""
+        return PRESETS[self.preset].model_copy(update={"samples": self.samples})
 
     def part_rules_hash(self) -> str:
         """The hash of the fields that decide parts and their colours: the part decision's key uses

@@ -141,14 +141,15 @@ def render_grid(
 
 
 def each_cell(cameras: list[Camera], frames: list[float], scale: float, offset: np.ndarray) -> Iterator[tuple[int, int]]:
-    """Put the scene at each grid cell in turn, frames outermost (a view change then re-syncs only
-    the camera), and yield (view, frame index)."""
+    """Put the scene at each grid cell in turn, frames outermost, and yield (view, frame index).
+    Within a frame the pose is held (:func:`clips.held_pose`): a view change re-syncs only the camera."""
     camera = bpy.data.objects[CAMERA_NAME]
     for f, frame in enumerate(frames):
         scene.set_frame(frame)
-        for v, cam in enumerate(cameras):
-            camera.matrix_world = mathutils.Matrix(blender_matrix_world(cam, scale, offset))
-            yield v, f
+        with clip_ops.held_pose():
+            for v, cam in enumerate(cameras):
+                camera.matrix_world = mathutils.Matrix(blender_matrix_world(cam, scale, offset))
+                yield v, f
 
 
 def _render_cells(

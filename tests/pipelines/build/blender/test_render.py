@@ -323,3 +323,18 @@ def test_progress_is_reported_for_every_image(session: BlenderSession, shared_gl
     spec = RenderSpec(n_views=2, n_frames=2, resolution=16, samples=1, threads=2)
     render_grid(session, "Anim_0", spec, seed=0, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_render_grid_sets_cycles_from_the_preset(session: BlenderSession, procedural, name: str) -> None:
+    import bpy
+
+    session.load(procedural("arm"))
+    render_grid(session, "wave", RenderSpec(n_views=1, n_frames=1, resolution=16, preset=name, samples=3, threads=2), seed=0)
+    cycles, preset = bpy.context.scene.cycles, PRESETS[name]
+    assert cycles.samples == 3
+    assert cycles.use_adaptive_sampling == (preset.adaptive_threshold > 0)
+    assert cycles.adaptive_threshold == pytest.approx(preset.adaptive_threshold)
+    assert (cycles.denoising_quality, cycles.denoising_prefilter) == (preset.denoising_quality, preset.denoising_prefilter)
+    for bounces in ("max_bounces", "diffuse_bounces", "glossy_bounces", "transmission_bounces", "transparent_max_bounces"):
+        assert getattr(cycles, bounces) == getattr(preset, bounces)

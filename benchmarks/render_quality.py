@@ -72,7 +72,9 @@ VARIANTS = {
     "s64-adaptive.02": Sampling(samples=64, adaptive_threshold=0.02),
     "s32-bounces1": Sampling(samples=32, diffuse_bounces=1, glossy_bounces=1, transmission_bounces=3,
                              transparent_max_bounces=3),
-    "s16-high": Sampling(samples=16, denoising_quality="HIGH", denoising_prefilter="ACCURATE"),
+    **{f"s{n}-balanced": Sampling(samples=n, denoising_quality="BALANCED", denoising_prefilter="FAST")
+       for n in (8, 16, 64)},
+    **{f"s{n}-high": Sampling(samples=n, denoising_quality="HIGH", denoising_prefilter="ACCURATE") for n in (16, 64)},
 }
 DEFAULT_CANDIDATES = "peer,draft,dataset,hero,s4,s16,s32,s64,s32-balanced,s32-high,s64-adaptive.02,s32-bounces1"
 

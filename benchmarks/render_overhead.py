@@ -23,11 +23,13 @@ projected to the whole grid.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +51,14 @@ def main() -> None:
     parser.add_argument("--frames", default="0,12,23", help=f"frames of the {GRID}-frame grid to render")
     parser.add_argument("--resolution", type=int, default=576)
     parser.add_argument("--preset", choices=list(PRESETS), default="dataset")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="Cycles CPU threads (0: every core)")
+    parser.add_argument("--device", choices=["CPU", "GPU"], default="CPU",
+                        help="GPU: Cycles on the first of OptiX, CUDA, HIP, oneAPI, Metal found; compare wall s/image")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the slice; the best per cell is kept")
+    parser.add_argument("--no-hold", action="store_true",
+                        help="leave the animation attached between views (the old loop: the pose re-evaluated for every image)")
+    parser.add_argument("--subdivide", type=int, default=0,
+                        help="after set-up, subdivide the rig's meshes this many levels: a heavier mesh to deform and sync")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     views = [int(v) for v in args.views.split(",")]
@@ -73,7 +81,8 @@ def run(args: argparse.Namespace, views: list[int], frames: list[int]) -> dict:
     from pipelines.build.blender.session import BlenderSession
 
     preset = PRESETS[args.preset]
-    setup = RenderSpec(n_views=GRID, n_frames=GRID, resolution=16, samples=1, threads=args.threads, preset=args.preset)
+    setup = RenderSpec(n_views=GRID, n_frames=GRID, resolution=16, samples=1, threads=args.threads, preset=args.preset,
+                       device=args.device)
     with BlenderSession(threads=args.threads) as session, tempfile.TemporaryDirectory() as tmp:
         clip = args.clip or probe_asset(session, args.asset, "").clips[0].name
         session.load(args.asset)
@@ -82,6 +91,9 @@ def run(args: argparse.Namespace, views: list[int], frames: list[int]) -> dict:
         tiny = (_cpu() - cpu) / grid.n_renders
         print(f"whole grid set-up: {grid.n_renders} images at 16 px, 1 sample: {tiny:.4f} CPU s/image", flush=True)
         bpy.context.scene.render.resolution_x = bpy.context.scene.render.resolution_y = args.resolution
+        for obj in [o for o in bpy.context.scene.objects if o.type == "MESH" and not o.hide_render] if args.subdivide else []:
+            modifier = obj.modifiers.new("kp_benchmark_subdivision", "SUBSURF")
+            modifier.levels = modifier.render_levels = args.subdivide
         cameras = [grid.cameras[v] for v in views]
         times = [grid.frame_times[f] for f in frames]
         output = Path(tmp) / "cell.exr"
@@ -91,23 +103,29 @@ def run(args: argparse.Namespace, views: list[int], frames: list[int]) -> dict:
             "one_sample": (Sampling(samples=1, **preset.model_dump(exclude={"samples", "adaptive_threshold"})), False),
         }
         best: dict[str, np.ndarray] = {}
+        walls: list[float] = []
         for r in range(args.rounds):  # interleaved rounds: load from other work hits every loop alike
             for name, (sampling, denoise) in loops.items():
-                phases = _loop(session, grid, cameras, times, sampling, denoise, output)
+                phases, wall = _loop(session, grid, cameras, times, sampling, denoise, output, not args.no_hold)
+                if name == "preset":
+                    walls.append(wall)
                 best[name] = phases if name not in best else np.minimum(best[name], phases)
                 print(f"round {r} {name:12s} " + "  ".join(
                     f"{p} {phases[..., i].mean():.3f}" for i, p in enumerate(PHASES)) + " CPU s/image", flush=True)
-    return _split(best, tiny, args, views, frames)
+    return {**_split(best, tiny, args, views, frames), "wall_s_per_image_best": round(min(walls), 4),
+            "device": args.device}
 
 
 PHASES = ("frame_set", "render", "read")
 
 
-def _loop(session, grid, cameras, times, sampling: Sampling, denoise: bool, output: Path) -> np.ndarray:
-    """CPU seconds [frames, views, phase] of each cell, frames outermost (as ``each_cell``)."""
+def _loop(session, grid, cameras, times, sampling: Sampling, denoise: bool, output: Path, hold: bool) -> tuple[np.ndarray, float]:
+    """CPU seconds [frames, views, phase] of each cell, frames outermost and the pose held within a
+    frame (as ``each_cell``), and wall seconds per image."""
     import bpy
     import mathutils
 
+    from pipelines.build.blender import clips as clip_ops
     from pipelines.build.blender import scene
     from pipelines.build.blender.cameras import blender_matrix_world
     from pipelines.build.blender.exr import read_exr
@@ -121,18 +139,20 @@ def _loop(session, grid, cameras, times, sampling: Sampling, denoise: bool, outp
     seconds = np.zeros((len(times), len(cameras), len(PHASES)))
     with session.capture():
         _render_still()  # warm-up: the changed settings reach Cycles here, not in a timed image
+        started = time.perf_counter()
         for f, frame in enumerate(times):
             t0 = _cpu()
             scene.set_frame(frame)
             t1 = _cpu()
-            for v, cam in enumerate(cameras):
-                camera.matrix_world = mathutils.Matrix(blender_matrix_world(cam, grid.normalisation_scale, offset))
-                t2 = _cpu()
-                _render_still()
-                t3 = _cpu()
-                _decode_cell(read_exr(output))
-                seconds[f, v] = (t1 - t0 if v == 0 else 0.0, t3 - t2, _cpu() - t3)
-    return seconds
+            with clip_ops.held_pose() if hold else contextlib.nullcontext():
+                for v, cam in enumerate(cameras):
+                    camera.matrix_world = mathutils.Matrix(blender_matrix_world(cam, grid.normalisation_scale, offset))
+                    t2 = _cpu()
+                    _render_still()
+                    t3 = _cpu()
+                    _decode_cell(read_exr(output))
+                    seconds[f, v] = (t1 - t0 if v == 0 else 0.0, t3 - t2, _cpu() - t3)
+    return seconds, (time.perf_counter() - started) / seconds[..., 0].size
 
 
 def _split(best: dict[str, np.ndarray], tiny: float, args: argparse.Namespace, views: list[int], frames: list[int]) -> dict:
@@ -165,6 +185,7 @@ def _split(best: dict[str, np.ndarray], tiny: float, args: argparse.Namespace, v
                        "outside_and_denoiser_fraction": round(
                            (projected["outside"] + projected["denoiser"]) / projected["total"], 4)},
         "setup_grid_16px_1spp_cpu_s_per_image": round(tiny, 4),
+        "pose_held_between_views": not args.no_hold, "subdivide": args.subdivide,
         "load_average": os.getloadavg()[0],
     }
     return result

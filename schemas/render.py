@@ -35,9 +35,12 @@ class Sampling(BaseModel):
     transparent_max_bounces: int = Field(8, ge=0)
 
 
+# benchmarks/render_quality.py, CesiumMan 4 views at 256 px, PSNR against 512 samples: draft 40.9 dB at
+# 1/10 of the CPU time of objaverse-xl's settings (39.8 dB); dataset 48.7 dB at 1/3.4; hero 56.4 dB.
+# Adaptive sampling gained nothing at these sample counts and fewer bounces lost 1.4 dB: both stay off.
 PRESETS: dict[str, Sampling] = {
     "draft": Sampling(samples=8),
-    "dataset": Sampling(samples=32),
+    "dataset": Sampling(samples=32, denoising_quality="BALANCED", denoising_prefilter="FAST"),
     "hero": Sampling(samples=128, denoising_quality="HIGH", denoising_prefilter="ACCURATE"),
 }
 

@@ -14,8 +14,9 @@ projected to the whole grid.
    sample). Per image the CPU seconds of this process (Cycles' threads included) of each phase are
    kept: moving to the frame (``frame_set``: animation and deformation), the render call, reading
    and decoding the EXR. Best of ``--rounds`` per cell.
-3. Path tracing = render(no denoiser) - render(one sample); the denoiser = render(preset) -
-   render(no denoiser); outside = render(one sample) + frame_set + read. Images that follow a frame
+3. Path tracing = (render(no denoiser) - render(one sample)) x n / (n - 1) for n samples (linear in
+   the sample count); the denoiser = render(preset) - render(no denoiser); outside = render(one
+   sample) less one sample of path tracing, + frame_set + read. Images that follow a frame
    change and images that follow only a camera move are kept apart, and the whole grid is projected
    as 24 frame-change images and 24 x 23 camera-move images.
 """
@@ -158,17 +159,19 @@ def _loop(session, grid, cameras, times, sampling: Sampling, denoise: bool, outp
 def _split(best: dict[str, np.ndarray], tiny: float, args: argparse.Namespace, views: list[int], frames: list[int]) -> dict:
     """Per-image phases for images after a frame change (first view of a frame) and after a camera
     move (the other views), and their projection to the whole grid."""
+    samples = PRESETS[args.preset].samples
     kinds = {"after_frame_change": (slice(None), slice(0, 1)), "after_camera_move": (slice(None), slice(1, None))}
     per_image = {}
     for kind, (fs, vs) in kinds.items():
         full, plain, one = (best[k][fs, vs].reshape(-1, len(PHASES)).mean(axis=0) for k in ("preset", "no_denoiser", "one_sample"))
-        path_tracing = plain[1] - one[1]
+        # the one-sample render traced one sample too: per sample, path tracing is linear in the count
+        per_sample = (plain[1] - one[1]) / (samples - 1)
         per_image[kind] = {
             "total": float(full.sum()),
-            "path_tracing": float(path_tracing),
+            "path_tracing": float(per_sample * samples),
             "denoiser": float(full[1] - plain[1]),
-            "outside": float(one[1] + full[0] + full[2]),
-            "outside_render_call": float(one[1]),
+            "outside": float(one[1] - per_sample + full[0] + full[2]),
+            "outside_render_call": float(one[1] - per_sample),
             "frame_set": float(full[0]),
             "read": float(full[2]),
         }

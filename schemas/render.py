@@ -35,11 +35,13 @@ class Sampling(BaseModel):
     transparent_max_bounces: int = Field(8, ge=0)
 
 
-# benchmarks/render_quality.py, CesiumMan 4 views at 256 px, PSNR against 512 samples: draft 40.9 dB at
-# 1/10 of the CPU time of objaverse-xl's settings (39.8 dB); dataset 48.7 dB at 1/3.4; hero 56.4 dB.
-# Adaptive sampling gained nothing at these sample counts and fewer bounces lost 1.4 dB: both stay off.
+# benchmarks/render_quality.py, CesiumMan, 4 views, PSNR against 512 samples (docs/rendering.md): draft
+# is at or above objaverse-xl's settings at 256 and 512 px for 1/5.6 and 1/6 of their CPU time, dataset
+# 3 dB (512 px) to 9 dB (256 px) above for 1/3.6 and 1/3.1-3.4. 8 samples with the FAST denoiser fell
+# 1.5 dB short at 512 px. Adaptive sampling gained nothing at these counts and fewer bounces lost
+# 1.4 dB: both stay off.
 PRESETS: dict[str, Sampling] = {
-    "draft": Sampling(samples=8),
+    "draft": Sampling(samples=16, denoising_quality="BALANCED", denoising_prefilter="FAST"),
     "dataset": Sampling(samples=32, denoising_quality="BALANCED", denoising_prefilter="FAST"),
     "hero": Sampling(samples=128, denoising_quality="HIGH", denoising_prefilter="ACCURATE"),
 }

@@ -26,7 +26,7 @@ def test_between_views_only_the_camera_is_updated(session: BlenderSession, share
     updated: list[set[str]] = []
 
     def record(_scene, depsgraph) -> None:
-        updated[-1] |= {u.id.name for u in depsgraph.updates if u.is_updated_geometry or u.is_updated_transform}
+        updated[-1] |= {u.id.name for u in depsgraph.updates}  # any update: geometry, transform, shading
 
     bpy.app.handlers.frame_change_post.append(record)
     try:

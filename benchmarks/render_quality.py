@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import sys
@@ -227,9 +226,8 @@ def report(rows: list[Scored], args: argparse.Namespace) -> None:
             print(f"\nfigure of merit: {best.name} at {best.psnr:.2f} dB (peer {peer.psnr:.2f} dB) costs "
                   f"{best.cpu_s:.3f} CPU s/image against the peer's {peer.cpu_s:.3f}: {peer.cpu_s / best.cpu_s:.2f}x "
                   f"(wall {peer.wall_s / best.wall_s:.2f}x)")
-    text = json.dumps(summary, indent=2, default=lambda x: None if isinstance(x, float) and math.isinf(x) else x)
     if args.json:
-        args.json.write_text(text)
+        args.json.write_text(json.dumps(summary, indent=2))
 
 
 def _cpu() -> float:

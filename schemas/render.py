@@ -25,7 +25,6 @@ class Sampling(BaseModel):
 
     samples: int = Field(ge=1, le=4096)
     adaptive_threshold: float = Field(0.0, ge=0.0, description="Cycles noise threshold; 0 turns adaptive sampling off")
-    adaptive_min_samples: int = Field(0, ge=0, description="samples before adaptive sampling may stop a pixel; 0: Cycles picks")
     denoising_quality: Literal["FAST", "BALANCED", "HIGH"] = "FAST"
     denoising_prefilter: Literal["NONE", "FAST", "ACCURATE"] = "NONE"
     max_bounces: int = Field(12, ge=0)

@@ -305,7 +305,6 @@ def apply_sampling(cycles: "bpy.types.CyclesRenderSettings", sampling: Sampling,
     cycles.samples = sampling.samples
     cycles.use_adaptive_sampling = sampling.adaptive_threshold > 0
     cycles.adaptive_threshold = sampling.adaptive_threshold
-    cycles.adaptive_min_samples = sampling.adaptive_min_samples
     cycles.use_denoising = denoise
     cycles.denoiser = "OPENIMAGEDENOISE"
     cycles.denoising_quality = sampling.denoising_quality

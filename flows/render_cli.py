@@ -28,6 +28,7 @@ RENDERED = "kp20k render"  # what --out holds, in messages
 EPILOG = """examples:
   kp20k probe Fox.glb
   kp20k render Fox.glb --out fox-walk --clip Walk --views 4 --frames 3 --resolution 128
+  kp20k render Fox.glb --out fox-draft --preset draft --resolution 512
 """
 
 
@@ -65,7 +66,7 @@ def _add_probe(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _add_render(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from schemas.render import RenderSpec
+    from schemas.render import PRESETS, RenderSpec
 
     defaults = RenderSpec()
     render = subparsers.add_parser(
@@ -84,7 +85,12 @@ def _add_render(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
     render.add_argument("--views", type=int, default=defaults.n_views, help="azimuths on the orbit, from 0")
     render.add_argument("--frames", type=int, default=defaults.n_frames, help="frames sampled from the clip")
     render.add_argument("--resolution", type=int, default=defaults.resolution, help="image width and height")
-    render.add_argument("--samples", type=int, default=defaults.samples, help="Cycles samples per RGB pixel")
+    render.add_argument(
+        "--preset", choices=list(PRESETS), default=defaults.preset,
+        help="sampling recipe, measured in docs/rendering.md: draft (fastest, still at or above the PSNR of "
+        "objaverse-xl's render script), dataset (the build's recipe), hero (for figures); it also sets --samples",
+    )
+    render.add_argument("--samples", type=int, help="Cycles samples per RGB pixel (default: the preset's)")
     render.add_argument("--no-denoise", action="store_true", help="turn OpenImageDenoise off")
     render.add_argument("--elevation", type=float, default=defaults.elevation_deg, help="camera elevation, degrees")
     render.add_argument("--fov", type=float, default=defaults.fov_deg, help="horizontal field of view, degrees")
@@ -169,14 +175,15 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace):
-    from schemas.render import RenderSpec
+    from schemas.render import PRESETS, RenderSpec
 
     defaults = RenderSpec()
     return RenderSpec(
         n_views=args.views,
         n_frames=args.frames,
         resolution=args.resolution,
-        samples=args.samples,
+        samples=args.samples if args.samples is not None else PRESETS[args.preset].samples,
+        preset=args.preset,
         denoise=not args.no_denoise,
         elevation_deg=args.elevation,
         fov_deg=args.fov,

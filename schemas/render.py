@@ -10,6 +10,41 @@ from pydantic import BaseModel, Field, model_validator
 
 from schemas.parts import ColourRules, PartRules, part_rules_hash
 
+PresetName = Literal["draft", "dataset", "hero"]
+
+
+class Sampling(BaseModel):
+    """How Cycles samples an RGB image, beyond the sample count: what a preset fixes.
+
+    ``samples`` is what the preset asks for; the render uses ``RenderSpec.samples`` (``kp20k render
+    --preset`` sets it from here unless ``--samples`` is given). Chosen with
+    ``benchmarks/render_quality.py``; costs and quality in docs/rendering.md.
+    """
+
+    model_config = {"frozen": True}
+
+    samples: int = Field(ge=1, le=4096)
+    adaptive_threshold: float = Field(0.0, ge=0.0, description="Cycles noise threshold; 0 turns adaptive sampling off")
+    denoising_quality: Literal["FAST", "BALANCED", "HIGH"] = "FAST"
+    denoising_prefilter: Literal["NONE", "FAST", "ACCURATE"] = "NONE"
+    max_bounces: int = Field(12, ge=0)
+    diffuse_bounces: int = Field(4, ge=0)
+    glossy_bounces: int = Field(4, ge=0)
+    transmission_bounces: int = Field(12, ge=0)
+    transparent_max_bounces: int = Field(8, ge=0)
+
+
+# benchmarks/render_quality.py, CesiumMan, 4 views, PSNR against 512 samples (docs/rendering.md): draft
+# is at or above objaverse-xl's settings at 256 and 512 px for 1/5.6 and 1/6 of their CPU time, dataset
+# 3 dB (512 px) to 9 dB (256 px) above for 1/3.6 and 1/3.1-3.4. 8 samples with the FAST denoiser fell
+# 1.5 dB short at 512 px. Adaptive sampling gained nothing at these counts and fewer bounces lost
+# 1.4 dB: both stay off.
+PRESETS: dict[str, Sampling] = {
+    "draft": Sampling(samples=16, denoising_quality="BALANCED", denoising_prefilter="FAST"),
+    "dataset": Sampling(samples=32, denoising_quality="BALANCED", denoising_prefilter="FAST"),
+    "hero": Sampling(samples=128, denoising_quality="HIGH", denoising_prefilter="ACCURATE"),
+}
+
 
 # Fields that change how fast a sample is made, never its pixels (Cycles' result does not depend on
 # its thread count: tests/pipelines/build/test_worker.py renders both ways and compares).
@@ -29,6 +64,9 @@ class RenderSpec(BaseModel):
     device: Literal["CPU", "GPU"] = "CPU"
     samples: int = Field(8, ge=1, le=4096)
     denoise: bool = True
+    preset: PresetName = Field(
+        "dataset", description="the sampling recipe (adaptive sampling, denoiser, bounces) of schemas.render.PRESETS"
+    )
     seed: int = 0
     elevation_deg: float = Field(10.0, ge=-89, le=89)
     elevation_range_deg: tuple[float, float] | None = Field(
@@ -68,6 +106,10 @@ class RenderSpec(BaseModel):
     def config_hash(self) -> str:
         """A short, stable hash of everything that changes a pixel (so a changed ``threads`` renders nothing)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def sampling(self) -> Sampling:
+        """The preset's recipe with this spec's sample count."""
+        return PRESETS[self.preset].model_copy(update={"samples": self.samples})
 
     def part_rules_hash(self) -> str:
         """The hash of the fields that decide parts and their colours: the part decision's key uses

@@ -197,3 +197,21 @@ def test_a_symlink_in_the_folder_cannot_lead_out_of_it(shared_gltf: Path, tmp_pa
     (tmp_path / "asset" / "skin.bin").symlink_to("/dev/zero")
     assert main(["probe", str(path)]) == 1
     assert ProbeReport.model_validate_json(capsys.readouterr().out).reason is RejectReason.resource_outside_folder
+
+
+@pytest.mark.parametrize(("extra", "preset", "samples"), [([], "dataset", None), (["--preset", "draft"], "draft", None),
+                                                          (["--preset", "hero", "--samples", "3"], "hero", 3)])
+def test_render_preset_sets_the_recipe_and_the_samples_unless_given(extra: list[str], preset: str, samples: int | None) -> None:
+    from flows.render_cli import _spec
+    from schemas.render import PRESETS
+
+    args = build_parser().parse_args(["render", "x.glb", "--out", "o", *extra])
+    spec = _spec(args)
+    assert spec.preset == preset
+    assert spec.samples == (samples if samples is not None else PRESETS[preset].samples)
+
+
+def test_render_refuses_an_unknown_preset(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["render", "x.glb", "--out", "o", "--preset", "best"])
+    assert "draft" in capsys.readouterr().err

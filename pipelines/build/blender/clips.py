@@ -8,7 +8,9 @@ scene frame range, so a clip's range comes from its action.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import bpy
 
@@ -62,6 +64,25 @@ def play(clip: Clip) -> None:
         data = id_.animation_data or id_.animation_data_create()
         data.action = bpy.data.actions[clip.name]
         data.action_slot = slot
+
+
+@contextmanager
+def held_pose() -> Iterator[None]:
+    """Keep the scene in the pose of its current frame with every action detached, then attach them
+    again. The render operator re-evaluates everything time-dependent before each image, so with an
+    action attached every view re-deforms the mesh and Cycles re-syncs it and rebuilds its BVH; the
+    frame's evaluation has already written the pose to the bones and objects themselves, so without
+    the action they stay put and only the camera changes."""
+    attached = [(data, data.action, data.action_slot) for id_ in _animatable_ids()
+                if (data := id_.animation_data) is not None and data.action is not None]
+    for data, _, _ in attached:
+        data.action = None
+    try:
+        yield
+    finally:
+        for data, action, slot in attached:
+            data.action = action
+            data.action_slot = slot
 
 
 def key_times(clip: Clip) -> list[float]:

@@ -36,7 +36,7 @@ from pipelines.build.colour import decode_part_image, encode_part_image
 from pipelines.build.parts import vertex_parts
 from schemas.assets import RejectReason
 from schemas.parts import PartMap
-from schemas.render import Camera, RenderSpec
+from schemas.render import Camera, RenderSpec, Sampling
 
 CAMERA_NAME = "kp_camera"
 BACKGROUND_LINEAR = 1.0  # white
@@ -141,14 +141,15 @@ def render_grid(
 
 
 def each_cell(cameras: list[Camera], frames: list[float], scale: float, offset: np.ndarray) -> Iterator[tuple[int, int]]:
-    """Put the scene at each grid cell in turn, frames outermost (a view change then re-syncs only
-    the camera), and yield (view, frame index)."""
+    """Put the scene at each grid cell in turn, frames outermost, and yield (view, frame index).
+    Within a frame the pose is held (:func:`clips.held_pose`): a view change re-syncs only the camera."""
     camera = bpy.data.objects[CAMERA_NAME]
     for f, frame in enumerate(frames):
         scene.set_frame(frame)
-        for v, cam in enumerate(cameras):
-            camera.matrix_world = mathutils.Matrix(blender_matrix_world(cam, scale, offset))
-            yield v, f
+        with clip_ops.held_pose():
+            for v, cam in enumerate(cameras):
+                camera.matrix_world = mathutils.Matrix(blender_matrix_world(cam, scale, offset))
+                yield v, f
 
 
 def _render_cells(
@@ -267,13 +268,8 @@ def _setup_scene(spec: RenderSpec, threads: int, scale: float, distance: float) 
     cycles.device = spec.device
     if spec.device == "GPU":
         _enable_gpu()
-    cycles.samples = spec.samples
     cycles.seed = spec.seed
-    cycles.use_adaptive_sampling = False
-    cycles.use_denoising = spec.denoise
-    cycles.denoiser = "OPENIMAGEDENOISE"
-    cycles.denoising_quality = "FAST"  # 3.5x faster than the default for ~1.2 dB PSNR at 256 px
-    cycles.denoising_prefilter = "NONE"
+    apply_sampling(cycles, spec.sampling(), spec.denoise)
     view_layer = bpy.context.view_layer
     view_layer.use_pass_combined = True
     view_layer.use_pass_material_index = True
@@ -302,6 +298,19 @@ def _setup_scene(spec: RenderSpec, threads: int, scale: float, distance: float) 
     camera.data.clip_end = (distance + 2.0) / scale
     sc.collection.objects.link(camera)
     sc.camera = camera
+
+
+def apply_sampling(cycles: "bpy.types.CyclesRenderSettings", sampling: Sampling, denoise: bool) -> None:
+    """Set Cycles' sampling, denoiser and light paths from ``sampling`` (a preset's recipe)."""
+    cycles.samples = sampling.samples
+    cycles.use_adaptive_sampling = sampling.adaptive_threshold > 0
+    cycles.adaptive_threshold = sampling.adaptive_threshold
+    cycles.use_denoising = denoise
+    cycles.denoiser = "OPENIMAGEDENOISE"
+    cycles.denoising_quality = sampling.denoising_quality
+    cycles.denoising_prefilter = sampling.denoising_prefilter
+    for bounces in ("max_bounces", "diffuse_bounces", "glossy_bounces", "transmission_bounces", "transparent_max_bounces"):
+        setattr(cycles, bounces, getattr(sampling, bounces))
 
 
 def _enable_gpu() -> None:

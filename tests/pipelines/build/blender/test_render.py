@@ -18,7 +18,7 @@ from pipelines.build.blender.session import BlenderSession
 from pipelines.build.colour import decode_part_image
 from pipelines.build.parts import vertex_parts
 from schemas.assets import RejectReason
-from schemas.render import RenderSpec
+from schemas.render import PRESETS, RenderSpec
 
 SMALL = dict(samples=4, threads=2)
 
@@ -79,8 +79,28 @@ def rendered(request: pytest.FixtureRequest) -> Rendered:
     return request.getfixturevalue(request.param)
 
 
-def test_part_maps_are_exact_palette_colours(rendered: Rendered) -> None:
-    grid = rendered.grid
+@pytest.fixture(scope="module")
+def arm_by_preset(session: BlenderSession, procedural) -> dict[str, Rendered]:
+    """The waving arm at 32 px under every preset, at the preset's own sample count."""
+    return {
+        name: _render(session, procedural("arm"), "wave", RenderSpec(
+            n_views=2, n_frames=2, resolution=32, motion_threshold=0.3, elevation_deg=25.0, preset=name,
+            samples=preset.samples, threads=2))
+        for name, preset in PRESETS.items()
+    }
+
+
+@pytest.fixture(params=["cesium", "waving_arm", "fox_run", "robot", *(f"preset:{name}" for name in PRESETS)])
+def exact(request: pytest.FixtureRequest) -> Rendered:
+    """The grids whose part maps must be exact: every asset, and every preset (adaptive sampling, the
+    denoiser and fewer bounces must leave the material-index pass as it is)."""
+    if request.param.startswith("preset:"):
+        return request.getfixturevalue("arm_by_preset")[request.param.removeprefix("preset:")]
+    return request.getfixturevalue(request.param)
+
+
+def test_part_maps_are_exact_palette_colours(exact: Rendered) -> None:
+    grid = exact.grid
     palette = np.asarray(grid.part_map.palette, np.uint8)
     foreground = grid.part_ids >= 0
     assert grid.part_ids.dtype == np.int16 and grid.part_ids.max() < grid.part_map.n_parts
@@ -90,17 +110,17 @@ def test_part_maps_are_exact_palette_colours(rendered: Rendered) -> None:
     np.testing.assert_array_equal(decoded, grid.part_ids)
 
 
-def test_alpha_and_part_foreground_agree_pixel_for_pixel(rendered: Rendered) -> None:
-    grid = rendered.grid
+def test_alpha_and_part_foreground_agree_pixel_for_pixel(exact: Rendered) -> None:
+    grid = exact.grid
     assert set(np.unique(grid.alpha).tolist()) == {0, 255}
     np.testing.assert_array_equal(grid.alpha == 255, grid.part_ids >= 0)
 
 
-def test_material_index_pass_matches_the_flat_render(rendered: Rendered) -> None:
+def test_material_index_pass_matches_the_flat_render(exact: Rendered) -> None:
     """Two independent ways to the part ids: Cycles' Material Index pass of the RGB render, and the
     flat emission render decoded from 8-bit PNG colours. Away from part edges (every pixel of the
     3x3 neighbourhood the same in the flat render) they must agree exactly."""
-    ids, flat = rendered.grid.part_ids, rendered.flat_ids
+    ids, flat = exact.grid.part_ids, exact.flat_ids
     padded = np.pad(flat, [(0, 0), (0, 0), (1, 1), (1, 1)], constant_values=-2)
     height, width = flat.shape[2:]
     neighbours = [padded[:, :, dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
@@ -248,14 +268,14 @@ def test_eevee_is_refused_before_it_can_abort_the_process(session: BlenderSessio
     assert caught.value.reason is RejectReason.render_failed
 
 
-def test_pixel_centres_inside_the_silhouette_lie_within_the_projected_vertices(rendered: Rendered) -> None:
+def test_pixel_centres_inside_the_silhouette_lie_within_the_projected_vertices(exact: Rendered) -> None:
     """The flat render samples each pixel at its centre (col + 0.5, row + 0.5): no covered centre
     can lie beyond the projected extreme vertices. A camera off by a fraction of a pixel fails this."""
     worst = -np.inf
-    for f, positions in enumerate(rendered.frame_positions):
-        for camera in rendered.grid.cameras:
+    for f, positions in enumerate(exact.frame_positions):
+        for camera in exact.grid.cameras:
             low, high = (lambda p: (p.min(axis=0), p.max(axis=0)))(project(camera, positions.astype(np.float64)))
-            rows, cols = np.nonzero(rendered.flat_ids[camera.view, f] >= 0)
+            rows, cols = np.nonzero(exact.flat_ids[camera.view, f] >= 0)
             centres_low = np.array([cols.min(), rows.min()]) + 0.5
             centres_high = np.array([cols.max(), rows.max()]) + 0.5
             worst = max(worst, *(low - centres_low), *(centres_high - high))
@@ -303,3 +323,18 @@ def test_progress_is_reported_for_every_image(session: BlenderSession, shared_gl
     spec = RenderSpec(n_views=2, n_frames=2, resolution=16, samples=1, threads=2)
     render_grid(session, "Anim_0", spec, seed=0, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_render_grid_sets_cycles_from_the_preset(session: BlenderSession, procedural, name: str) -> None:
+    import bpy
+
+    session.load(procedural("arm"))
+    render_grid(session, "wave", RenderSpec(n_views=1, n_frames=1, resolution=16, preset=name, samples=3, threads=2), seed=0)
+    cycles, preset = bpy.context.scene.cycles, PRESETS[name]
+    assert cycles.samples == 3
+    assert cycles.use_adaptive_sampling == (preset.adaptive_threshold > 0)
+    assert cycles.adaptive_threshold == pytest.approx(preset.adaptive_threshold)
+    assert (cycles.denoising_quality, cycles.denoising_prefilter) == (preset.denoising_quality, preset.denoising_prefilter)
+    for bounces in ("max_bounces", "diffuse_bounces", "glossy_bounces", "transmission_bounces", "transparent_max_bounces"):
+        assert getattr(cycles, bounces) == getattr(preset, bounces)

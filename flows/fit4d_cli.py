@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from flows.config_flags import add_config_flags, config_from_flags
 from flows.prefect_settings import apply_prefect_settings
 
 EPILOG = """examples:
@@ -54,18 +54,13 @@ def add_fit4d_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, help="without --sample-id: the first N samples by id")
     parser.add_argument("--train-views", help="comma-separated views to fit (default: all); the rest are held out")
     parser.add_argument("--train-frames", help="comma-separated frames to fit (default: all)")
-    for field, (flag, kind, help_text) in _FLAGS.items():
-        parser.add_argument(flag, dest=field, type=kind, help=help_text)
-    parser.add_argument("--config", help="JSON object of FitConfig fields to start from (flags override it)")
+    add_config_flags(parser, _FLAGS, "FitConfig")
     parser.add_argument("--json", action="store_true", help="print the flow's report as JSON")
     parser.set_defaults(handler=run_fit4d_command)
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    config: dict[str, Any] = json.loads(args.config) if args.config else {}
-    if not isinstance(config, dict):
-        raise ValueError("--config must be a JSON object of FitConfig fields")
-    config.update({f: getattr(args, f) for f in _FLAGS if getattr(args, f) is not None})
+    config = config_from_flags(args, _FLAGS, "FitConfig")
     for field, text in (("train_views", args.train_views), ("train_frames", args.train_frames)):
         if text is not None:
             try:

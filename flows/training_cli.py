@@ -8,10 +8,10 @@ with the same arguments resumes the run from its newest checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from flows.config_flags import add_config_flags, config_from_flags
 from flows.prefect_settings import apply_prefect_settings
 
 # The demo: the tiny model in pixel space, small enough for two CPU cores.
@@ -47,9 +47,7 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--config-hash", help="render configuration to train on (default: the only one)")
     train.add_argument("--output", dest="output_dir", default="runs/sp4d", help="folder of the runs")
     train.add_argument("--run-name", help="run folder name (default: samples-v<version>-<config>)")
-    for field, (flag, kind, help_text) in _TRAIN_FLAGS.items():
-        train.add_argument(flag, dest=field, type=kind, help=help_text)
-    train.add_argument("--config", help="JSON object of TrainConfig fields to start from (flags override it)")
+    add_config_flags(train, _TRAIN_FLAGS, "TrainConfig")
     train.add_argument("--json", action="store_true", help="print the training report as JSON")
     train.set_defaults(handler=run_train_command)
 
@@ -93,14 +91,14 @@ def run_train_command(args: argparse.Namespace) -> int:
     from pipelines.train.checkpoints import RunError
 
     try:
-        config = {**DEMO_TRAIN, **(json.loads(args.config) if args.config else {}), **_fields(args, _TRAIN_FLAGS)}
+        config = DEMO_TRAIN | config_from_flags(args, _TRAIN_FLAGS, "TrainConfig")
         from flows.train import (  # Prefect and torch load only for this command
             parse_config,
             train_sp4d,
         )
 
         parse_config(config)
-    except (RunError, json.JSONDecodeError) as exc:
+    except (RunError, ValueError) as exc:  # ValueError: --config is not a JSON object
         print(f"kp20k train: {exc}", file=sys.stderr)
         return 2
     state = train_sp4d(

@@ -1,0 +1,25 @@
+"""Command-line settings of a pydantic config: one flag per common field, plus ``--config`` JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+# field -> (flag, type, help)
+Flags = dict[str, tuple[str, type, str]]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, flags: Flags, what: str) -> None:
+    for field, (flag, kind, help_text) in flags.items():
+        parser.add_argument(flag, dest=field, type=kind, help=help_text)
+    parser.add_argument("--config", help=f"JSON object of {what} fields to start from (flags override it)")
+
+
+def config_from_flags(args: argparse.Namespace, flags: Flags, what: str) -> dict[str, Any]:
+    """``--config``'s object with the flags that were given on top. ValueError (JSON errors included)
+    says what is wrong."""
+    config = json.loads(args.config) if args.config else {}
+    if not isinstance(config, dict):
+        raise ValueError(f"--config must be a JSON object of {what} fields")
+    return config | {field: getattr(args, field) for field in flags if getattr(args, field, None) is not None}

@@ -119,18 +119,24 @@ def _rss_mib() -> float:
         return int(fh.read().split()[1]) * 4096 / 2**20
 
 
+def process_once(spec: RenderSpec, store: DatasetStore, asset, log_dir: Path):
+    """One asset through a worker that reads ``store``'s decisions; (its result, the closed worker)."""
+    worker = AssetWorker(spec, FilterRules(), threads=2, log_path=log_dir / "worker.log", lance_uri=store.uri)
+    try:
+        return worker.process(asset), worker
+    finally:
+        worker.close()
+
+
 def test_part_decisions_are_stored_once_and_reused_by_every_render_configuration(tmp_path: Path) -> None:
     store = DatasetStore(str(tmp_path / "kp20k"))
     asset = generate_asset("arm", 3, tmp_path)  # two clips: wave and reach
     grids = [SPEC, SPEC.model_copy(update={"n_views": 1, "n_frames": 1, "resolution": 16})]
     results, reused = [], []
     for spec in grids:
-        worker = AssetWorker(spec, FilterRules(), threads=2, log_path=tmp_path / "worker.log", lance_uri=store.uri)
-        try:
-            results.append(worker.process(asset))
-            reused.append(worker.n_parts_reused)
-        finally:
-            worker.close()
+        result, worker = process_once(spec, store, asset, tmp_path)
+        results.append(result)
+        reused.append(worker.n_parts_reused)
         store.write_samples(results[-1].samples)
     first, second = ({s.clip: s for s in result.samples} for result in results)
     assert sorted(first) == sorted(second) == ["reach", "wave"]
@@ -201,12 +207,9 @@ def test_a_new_render_configuration_reuses_the_stored_probe(tmp_path: Path) -> N
     asset = generate_asset("arm", 3, tmp_path)
     results, reused = [], []
     for spec in (SPEC, SPEC.model_copy(update={"n_views": 1, "resolution": 16})):
-        worker = AssetWorker(spec, FilterRules(), threads=2, log_path=tmp_path / "worker.log", lance_uri=store.uri)
-        try:
-            results.append(worker.process(asset))
-            reused.append(worker.n_probes_reused)
-        finally:
-            worker.close()
+        result, worker = process_once(spec, store, asset, tmp_path)
+        results.append(result)
+        reused.append(worker.n_probes_reused)
         store.write_probes([ProbeRow(sha256=asset.sha256, probe_version=probe_version(), probe=results[-1].probe)])
     first, second = results
     assert reused == [0, 1]

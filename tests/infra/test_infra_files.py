@@ -37,6 +37,20 @@ def test_prefect_yaml_validates_and_its_entrypoints_load_the_named_flow():
         assert deployment.work_pool.name == "process"
 
 
+@pytest.mark.parametrize("entrypoint, flow_name", [("flows/lift.py:lift_rigs", "lift-rigs"), ("flows/fit4d.py:fit_4d", "fit-4d")])
+def test_the_lift_and_fit_deployments_load_their_flow_with_parameters_it_takes(entrypoint, flow_name):
+    import inspect
+
+    from prefect.cli.deploy._models import PrefectYamlModel
+    from prefect.flows import load_flow_from_entrypoint
+
+    model = PrefectYamlModel.model_validate(load_yaml("prefect.yaml"))
+    (deployment,) = [d for d in model.deployments if d.entrypoint == entrypoint]
+    flow = load_flow_from_entrypoint(str(REPO_ROOT / entrypoint))
+    assert flow.name == deployment.name == flow_name and deployment.work_pool.name == "process"
+    assert set(deployment.parameters) <= set(inspect.signature(flow.fn).parameters)
+
+
 def test_prefect_yaml_parameters_are_valid_build_parameters():
     from schemas.params import BuildParams
 

@@ -21,12 +21,13 @@ from pipelines.lift.rig import lift
 from pipelines.lift.table import existing_rig_ids, rig_key, rigs_uri, write_rigs
 from pipelines.lift.views import LiftInputError, PartViews, from_folder, from_sample
 from pipelines.version import code_version
-from schemas.lift import RigRow
+from schemas.lift import RigRow, RigSummary
 from schemas.samples import Sample
 from schemas.tables import from_row
 
 FLOW_NAME = "lift-rigs"
 KEY_PREFIX = "kp20k-lift"
+COMMIT_EVERY = 8  # rigs per commit of the rigs table
 DEFAULT_RIGS = "data/kp20k.lance"
 
 
@@ -76,19 +77,25 @@ def lift_rigs(samples: str, version: int | None = None, rigs: str | None = None,
     done = existing_rig_ids(root)
     todo = [item for item in items if rig_key(item[0], item[1], code) not in done]
     progress = create_progress_artifact(progress=0.0, key=f"{KEY_PREFIX}-progress", description=f"0 of {len(todo)} samples")
-    rows, failed = [], {}
+    pending: list[RigRow] = []  # committed every COMMIT_EVERY rigs: a killed run keeps what it finished
+    lifted: list[tuple[str, str, RigSummary]] = []  # (sample, clip, summary): the .glb bytes are not kept
+    written, failed = 0, {}
     for n, (source, sample_id, read) in enumerate(todo, start=1):
         try:
-            rows.append(lift_one(read(), source, sample_id, code))
+            row = lift_one(read(), source, sample_id, code)
+            pending.append(row)
+            lifted.append((row.sample_id, row.clip, row.summary))
         except LiftInputError as exc:  # one bad sample is reported, the others go on
             failed[sample_id] = str(exc)
             logger.warning("%s: %s", sample_id, exc)
+        if len(pending) >= COMMIT_EVERY or n == len(todo):
+            written += write_rigs(root, pending)
+            pending.clear()
         update_progress_artifact(artifact_id=progress, progress=100.0 * n / max(len(todo), 1),
                                  description=f"{n} of {len(todo)} samples")
-    written = write_rigs(root, rows)
     report = LiftReport(rigs_uri=rigs_uri(root), version=version, written=written, already_done=len(items) - len(todo),
-                        failed=failed, bones={r.sample_id: r.summary.n_bones for r in rows})
-    create_markdown_artifact(markdown=_markdown(report, rows), key=f"{KEY_PREFIX}-summary")
+                        failed=failed, bones={sample: summary.n_bones for sample, _, summary in lifted})
+    create_markdown_artifact(markdown=_markdown(report, lifted), key=f"{KEY_PREFIX}-summary")
     logger.info("%d rigs written to %s, %d already there, %d failed", written, report.rigs_uri, report.already_done, len(failed))
     return report
 
@@ -98,12 +105,11 @@ def _sample(table, sample_id: str) -> Sample:
     return from_row(Sample, rows[0])
 
 
-def _markdown(report: LiftReport, rows: list[RigRow]) -> str:
+def _markdown(report: LiftReport, lifted: list[tuple[str, str, RigSummary]]) -> str:
     lines = [f"# lift-rigs: {report.written} rigs written", "", f"Table: `{report.rigs_uri}`", "",
              "| sample | clip | bones | parts | unseen parts | merged |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        s = r.summary
-        lines.append(f"| {r.sample_id[:16]} | {r.clip} | {s.n_bones} | {s.n_parts} | {', '.join(s.unseen_parts) or '-'} "
+    for sample_id, clip, s in lifted:
+        lines.append(f"| {sample_id[:16]} | {clip} | {s.n_bones} | {s.n_parts} | {', '.join(s.unseen_parts) or '-'} "
                      f"| {'; '.join('+'.join(g) for g in s.merged_parts) or '-'} |")
     for sample_id, reason in report.failed.items():
         lines.append(f"\nFailed: `{sample_id}`: {reason}")

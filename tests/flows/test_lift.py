@@ -101,3 +101,23 @@ def test_kp20k_rig_writes_a_glb_and_explains_bad_input(render_folder, tmp_path, 
     assert main(["rig", str(render_folder), "--mesh", str(tmp_path / "bad.obj"), "--out", str(tmp_path / "none.glb")]) == 1
     assert "--mesh" in capsys.readouterr().err
     assert not (tmp_path / "none.glb").exists() and not (tmp_path / "x.obj").exists()
+
+
+def test_a_run_that_dies_midway_keeps_the_rigs_it_committed(render_folder, tmp_path, monkeypatch) -> None:
+    import flows.lift
+
+    samples = tmp_path / "renders"
+    for name in ("a-first", "b-second"):
+        shutil.copytree(render_folder, samples / name)
+    real = flows.lift.lift_one
+
+    def dies_on_the_second(views, source, sample_id, version):
+        if sample_id == "b-second":
+            raise RuntimeError("killed")  # not a bad sample: the run itself fails here
+        return real(views, source, sample_id, version)
+
+    monkeypatch.setattr(flows.lift, "COMMIT_EVERY", 1)
+    monkeypatch.setattr(flows.lift, "lift_one", dies_on_the_second)
+    rigs = str(tmp_path / "rigs")
+    assert not lift_rigs(samples=str(samples), rigs=rigs, return_state=True).is_completed()
+    assert [r.sample_id for r in read_rigs(rigs)] == ["a-first"]

@@ -78,6 +78,7 @@ def run_build_command(args: argparse.Namespace) -> int:
     except ParamsError as exc:
         print(f"kp20k build: {exc}", file=sys.stderr)
         return 2
+    from flows.commands import completed_result
     from flows.prefect_settings import apply_prefect_settings
 
     apply_prefect_settings()  # before Prefect is imported: telemetry off, a start-up limit for a busy machine
@@ -87,10 +88,9 @@ def run_build_command(args: argparse.Namespace) -> int:
     )
 
     state = build_kinematicparts20k(**params.model_dump(mode="json"), return_state=True)
-    if not state.is_completed():
-        print(f"kp20k build: the flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+    report = completed_result(state, "kp20k build")
+    if report is None:
         return 1
-    report = state.result()
     if args.json:
         print(report.model_dump_json())
         return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from flows.config_flags import add_config_flags, config_from_flags
+from flows.commands import add_config_flags, completed_result, config_from_flags
 from flows.prefect_settings import apply_prefect_settings
 
 EPILOG = """examples:
@@ -87,10 +87,9 @@ def run_fit4d_command(args: argparse.Namespace) -> int:
         return 2
     state = fit_4d(samples=args.samples, lance_uri=args.lance_uri, version=args.version, sample_ids=args.sample_ids,
                    limit=args.limit, out=args.out, config=config, return_state=True)
-    if not state.is_completed():
-        print(f"kp20k fit4d: the flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+    report = completed_result(state, "kp20k fit4d")
+    if report is None:
         return 1
-    report = state.result()
     if args.json:
         print(report.model_dump_json())
     for outcome in report.outcomes:

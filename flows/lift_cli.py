@@ -105,16 +105,16 @@ def _table_sample(uri: str, sample_id: str, version: int | None):
 
 
 def run_lift(args: argparse.Namespace) -> int:
+    from flows.commands import completed_result
     from flows.prefect_settings import apply_prefect_settings
 
     apply_prefect_settings()
     from flows.lift import lift_rigs
 
     state = lift_rigs(samples=args.samples, version=args.version, rigs=args.rigs, limit=args.limit, return_state=True)
-    if not state.is_completed():
-        print(f"kp20k lift: the flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+    report = completed_result(state, "kp20k lift")
+    if report is None:
         return 1
-    report = state.result()
     print(f"lift-rigs: {report.written} rigs written, {report.already_done} already there, {len(report.failed)} failed")
     print(f"Table: {report.rigs_uri}")
     return 0

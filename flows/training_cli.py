@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from flows.config_flags import add_config_flags, config_from_flags
+from flows.commands import add_config_flags, completed_result, config_from_flags
 from flows.prefect_settings import apply_prefect_settings
 
 # The demo: the tiny model in pixel space, small enough for two CPU cores.
@@ -110,10 +110,9 @@ def run_train_command(args: argparse.Namespace) -> int:
         config=config,
         return_state=True,
     )
-    if not state.is_completed():
-        print(f"kp20k train: the flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+    report = completed_result(state, "kp20k train")
+    if report is None:
         return 1
-    report = state.result()
     if args.json:
         print(report.model_dump_json())
         return 0
@@ -144,10 +143,9 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     state = evaluate_sp4d(
         checkpoint=args.checkpoint, baseline=args.baseline, config=config, report_dir=args.report_dir, return_state=True
     )
-    if not state.is_completed():
-        print(f"kp20k evaluate: the flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+    result = completed_result(state, "kp20k evaluate")
+    if result is None:
         return 1
-    result = state.result()
     if args.json:
         print(result.comparison.model_dump_json())
         return 0

@@ -1,9 +1,10 @@
-"""Command-line settings of a pydantic config: one flag per common field, plus ``--config`` JSON."""
+"""What the kp20k commands share: a config's flags plus ``--config`` JSON, and the end of a flow run."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 # field -> (flag, type, help)
@@ -23,3 +24,11 @@ def config_from_flags(args: argparse.Namespace, flags: Flags, what: str) -> dict
     if not isinstance(config, dict):
         raise ValueError(f"--config must be a JSON object of {what} fields")
     return config | {field: getattr(args, field) for field in flags if getattr(args, field, None) is not None}
+
+
+def completed_result(state: Any, command: str) -> Any | None:
+    """The flow's return value when its run completed; else None, after saying how the run ended."""
+    if state.is_completed():
+        return state.result()
+    print(f"{command}: the flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+    return None

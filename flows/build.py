@@ -18,6 +18,7 @@ store, not a Prefect cache that could outlive a deleted table, is what says whic
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ from flows.artifacts import (
     publish_report,
 )
 from flows.dead_runs import claim, crash_dead_runs
+from flows.liveness import remove_dead_owners
 from flows.ray_cluster import RayConnection, connect
 from flows.reaper import start_reaper
 from flows.render_pool import Job, Outcome, PoolEvent, RenderPool
@@ -269,7 +271,9 @@ def run_build(params: BuildParams) -> BuildReport:
     build.versions_before = _versions(store)
     build.dead_runs = find_dead_runs(params.lance_uri)
 
-    staging = Path(params.cache_dir) / "candidates" / f"{uuid4().hex}.parquet"
+    candidates = Path(params.cache_dir) / "candidates"
+    remove_dead_owners(candidates)  # the candidates files of builds that were killed
+    staging = candidates / f"{os.getpid()}.{uuid4().hex}.parquet"
     try:
         found = discover_and_prefilter(params, str(staging))
         clock.lap(build, "discover+prefilter")

@@ -53,15 +53,19 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_dead_owners(root: Path) -> list[Path]:
-    """Remove the folders of ``root`` named ``<pid>`` or ``<pid>.<anything>`` whose owner process is gone.
+    """Remove the entries (folders or files) of ``root`` named ``<pid>`` or ``<pid>.<anything>`` whose
+    owner process is gone.
 
     Each process that makes scratch folders names them after itself, so whatever a killed process left
     is found and removed by the next one, and the folder holds no more entries than there are live owners.
     """
     removed = []
-    for folder in root.iterdir() if root.is_dir() else ():
-        owner = folder.name.split(".", 1)[0]
+    for entry in root.iterdir() if root.is_dir() else ():
+        owner = entry.name.split(".", 1)[0]
         if owner.isdigit() and int(owner) != os.getpid() and not pid_alive(int(owner)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
     return removed

@@ -368,6 +368,7 @@ def test_ten_builds_leave_bounded_folders(tmp_path, monkeypatch):
     locks = [p for p in cache.rglob("*lock*") if p.is_file()]
     assert locks and all(p.name == ".lock" for p in locks)
     assert len(locks) == len({p.parent for p in locks}) <= 256
+    assert list((cache / "candidates").iterdir()) == []  # each build removed its candidates file
     for folder in LOCAL_TEMP_DIR.iterdir() if LOCAL_TEMP_DIR.is_dir() else ():
         assert not folder.name.isdigit() or process_alive(int(folder.name)), folder
     for folder in SCRATCH_ROOT.iterdir() if SCRATCH_ROOT.is_dir() else ():

@@ -114,6 +114,7 @@ def test_scratch_folders_of_dead_owners_are_removed_and_live_ones_kept(tmp_path)
     (tmp_path / f"{dead_pid}.3").mkdir()  # a Blender's scratch folder
     (tmp_path / str(os.getppid())).mkdir()  # alive: this test's parent
     (tmp_path / "not-a-pid").mkdir()
+    (tmp_path / f"{dead_pid}.0af3.parquet").write_bytes(b"PAR1")  # a killed build's candidates file
     removed = remove_dead_owners(tmp_path)
-    assert sorted(removed) == sorted([tmp_path / str(dead_pid), tmp_path / f"{dead_pid}.3"])
+    assert sorted(removed) == sorted([tmp_path / str(dead_pid), tmp_path / f"{dead_pid}.3", tmp_path / f"{dead_pid}.0af3.parquet"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([str(os.getppid()), "not-a-pid"])

@@ -348,20 +348,22 @@ def test_the_cli_refuses_bad_parameters_with_exit_status_2(capsys):
 
 
 def test_ten_builds_leave_bounded_folders(tmp_path, monkeypatch):
-    """Logs, fetch locks, Ray session and Blender scratch folders stay bounded however many builds
-    run: at most WORKER_LOGS_KEPT older worker logs plus this build's, one lock file per cache shard
-    (256 at most), and Ray session and Blender scratch folders only of processes still alive."""
+    """Logs, fetch locks and Blender scratch folders stay bounded however many builds run: at most
+    WORKER_LOGS_KEPT older worker logs plus this build's, one lock file per cache shard (256 at most),
+    and no scratch folder of an earlier build's render actors (a folder its actor could not remove is
+    removed when the next actor starts). Only this test's own actors are looked at: other runs on a busy
+    machine share the temporary folder. (A killed driver's Ray folder: tests/flows/test_processes.py.)"""
     import flows.build
     from flows.blender_process import SCRATCH_ROOT
-    from flows.ray_cluster import LOCAL_TEMP_DIR
-    from tests.flows.conftest import process_alive
 
     monkeypatch.setattr(flows.build, "WORKER_LOGS_KEPT", 3)
     data = Dataset(tmp_path)
+    actors: list[list[int]] = []
     for n in range(1, 11):  # each refresh adds one asset: ten builds, ten pools, ten new Blender logs
         generate_assets(n, data.assets, seed=500)
         report, _ = data.build(pool_size=1)
         assert report.render.accepted_assets == 1
+        actors.append(report.render.actor_pids)
     logs = list((Path(data.cache) / "logs").glob("blender-*.log"))
     assert 3 < len(logs) <= 3 + 1  # pruned before each pool starts; the last build's own log is added after
     cache = Path(data.cache)
@@ -369,8 +371,7 @@ def test_ten_builds_leave_bounded_folders(tmp_path, monkeypatch):
     assert locks and all(p.name == ".lock" for p in locks)
     assert len(locks) == len({p.parent for p in locks}) <= 256
     assert list((cache / "candidates").iterdir()) == []  # each build removed its candidates file
-    for folder in LOCAL_TEMP_DIR.iterdir() if LOCAL_TEMP_DIR.is_dir() else ():
-        assert not folder.name.isdigit() or process_alive(int(folder.name)), folder
-    for folder in SCRATCH_ROOT.iterdir() if SCRATCH_ROOT.is_dir() else ():
-        owner = folder.name.split(".", 1)[0]
-        assert not owner.isdigit() or process_alive(int(owner)), folder
+    earlier = {str(pid) for pids in actors[:-1] for pid in pids}
+    assert len(earlier) >= 9  # a pool of its own per build
+    scratch = list(SCRATCH_ROOT.iterdir()) if SCRATCH_ROOT.is_dir() else []
+    assert [p for p in scratch if p.name.split(".", 1)[0] in earlier] == []

@@ -3,7 +3,7 @@ and a build whose rendering is a stand-in.
 
     .venv/bin/python benchmarks/scale_dry_run.py [--rows 200000,1000000] [--baseline-rows 100000]
     .venv/bin/python benchmarks/scale_dry_run.py --rows 1000000,10000000 --baseline-rows 1000000   # ~5 min here
-    .venv/bin/python benchmarks/scale_dry_run.py --rows "" --baseline-rows 0 --build 1000 [--grid 4x4x64 --sleep 0.05]
+    .venv/bin/python benchmarks/scale_dry_run.py --rows 1000000,10000000 --baseline-rows 0 --build 20000 [--grid 4x4x64 --sleep 0.02]
 
 1. Writes annotation tables in the released layout (``{dir}/{source}/{source}.parquet``, columns
    fileIdentifier, source, license, fileType, sha256, metadata) with Objaverse-XL's proportions:
@@ -19,11 +19,15 @@ and a build whose rendering is a stand-in.
    per row, the list prefilter, rejections written through ``write_rejections``), loaded from git
    commit ``BASELINE_COMMIT``, at ``--baseline-rows``, and the new code at the same size.
 
-4. ``--build N``: the build flow over N tiny local files, one worker, rendering replaced by
-   ``benchmarks/standin_worker.py`` (sleeps ``--sleep`` s, returns one sample of the ``--grid``'s
-   size), against a plain loop of the same stages, in a fresh process with its own Prefect home:
-   wall times, time to the first sample, driver bytes received per asset, shards, table versions and
-   (fragments, versions) after the build's upkeep, the Prefect database's size.
+4. ``--build N``: at each table size, the build flow (``--source objaverse-xl --offline --limit N``)
+   with one render worker whose fetching and rendering are stand-ins (``benchmarks/standin_worker.py``:
+   a 64 KB placeholder written to the cache instead of a download; a ``--sleep`` s sleep instead of
+   Blender, then one sample of the ``--grid``'s real byte size, staged in the table as a worker
+   does), against a plain loop of the same stages (discovery, prefilter, plan, fetch, work, stage,
+   commit in shards) in one process, in a fresh process with its own Prefect home: wall times,
+   discovery+prefilter, time to the first sample, peak RSS of the driver, the render actor and its
+   worker process, driver bytes received per asset (a pickled worker result), shards, table versions
+   and (fragments, versions) after the build's upkeep, the Prefect database's size.
 
 Aims (issue 10): over 10M rows at most 2 min and 1.5 GB, memory flat from 1M to 10M rows; for the
 build, orchestration at most 10% over the loop and under 64 KB of driver traffic per asset.
@@ -142,73 +146,102 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mb": resource.g
 
 
 CHILD_BUILD = """
-import json, os, pickle, sys, time
+import json, os, pickle, resource, sys, threading, time
 from functools import partial
 from pathlib import Path
 sys.path[:0] = [{repo!r}, {bench!r}]
 from flows.prefect_settings import apply_prefect_settings
 apply_prefect_settings()
+import psutil
 import flows.build as build
 from flows.render_pool import Job, Outcome
-from pipelines.build.fetch import FetchCache, fetch
-from pipelines.build.prefilter import prefilter
-from pipelines.build.sources.local import discover_local
+from pipelines.build.candidates import iter_candidates, stage_candidates, stage_todo
+from pipelines.build.sources.objaverse_xl import annotation_scan
 from pipelines.build.store import DatasetStore, TABLES
+from schemas.fetch import FetchSettings
+from schemas.filters import FilterRules
+from schemas.prefilter import PrefilterRules
 from schemas.render import RenderSpec
-from standin_worker import SleepingWorker
+from standin_worker import PlaceholderFetcher, SleepingWorker
 
-spec, sleep_s, work = RenderSpec(**{spec!r}), {sleep!r}, Path({work!r})
-assets = sorted(discover_local(work / "assets"), key=lambda a: a.file_identifier)
+spec, sleep_s, work, limit, shard_size = RenderSpec(**{spec!r}), {sleep!r}, Path({work!r}), {limit!r}, {shard!r}
+annotations, config = Path({annotations!r}), spec.config_hash()
+peaks = {{"actor": 0, "worker": 0}}
 
-# The plain loop: the same stages, one stand-in worker, commits in shards of the same size.
+def sample_memory():  # the peak RSS of the render actors and of their worker processes, every 0.5 s
+    me = psutil.Process()
+    while True:
+        for child in me.children(recursive=True):
+            try:
+                line, rss = " ".join(child.cmdline()), child.memory_info().rss
+            except psutil.Error:
+                continue
+            kind = "worker" if "flows.blender_process" in line else "actor" if "RenderActor" in line else None
+            if kind:
+                peaks[kind] = max(peaks[kind], rss)
+        time.sleep(0.5)
+threading.Thread(target=sample_memory, daemon=True).start()
+
+# The plain loop: the same stages in one process, one stand-in worker, commits in shards of the same size.
 t = time.perf_counter()
-store, cache, worker = DatasetStore(str(work / "loop.lance")), FetchCache(work / "loop-cache"), SleepingWorker(spec, sleep_s)
-kept, rejections = prefilter(assets)
-store.write_rejections(rejections)
-shard, first_loop = [], None
-for asset in kept:
-    result = worker.process(fetch(asset, cache))
+store, rules = DatasetStore(str(work / "loop.lance")), PrefilterRules()
+found = stage_candidates(annotation_scan(annotations, offline=True, file_types=rules.file_types), rules, store,
+                         work / "loop-candidates.parquet", limit)
+loop_discovery_s = time.perf_counter() - t
+stage_todo(found.path, build.finished_assets(store, config, FilterRules().rules_hash()), work / "loop-todo.parquet")
+fetcher, worker = PlaceholderFetcher(str(work / "loop-cache"), FetchSettings()), SleepingWorker(spec, sleep_s, str(work / "loop.lance"))
+shard, first_loop, bytes_per_asset = [], None, None
+def commit(rows):
+    build.commit_shard.fn(str(work / "loop.lance"), [r[0] for r in rows if r[0]], [x for r in rows for x in r[1]], [], [r[2] for r in rows if r[2]])
+for asset in iter_candidates(work / "loop-todo.parquet"):
+    fetched = fetcher.fetch(asset)
+    result = worker.process(fetched)
+    fetcher.release(fetched)
     first_loop = first_loop or time.perf_counter() - t
-    shard.append(build.outcome_rows(Outcome(Job(asset), None, result=result), spec.config_hash()))
-    if len(shard) == {shard}:
-        store.write_samples([s for rows in shard for s in rows[0]]); store.write_assets([rows[2] for rows in shard]); shard = []
-store.write_samples([s for rows in shard for s in rows[0]]); store.write_assets([rows[2] for rows in shard])
+    bytes_per_asset = bytes_per_asset or len(pickle.dumps((result, 0)))  # what an actor sends the driver
+    shard.append(build.outcome_rows(Outcome(Job(asset), None, result=result), config))
+    if len(shard) == shard_size:
+        commit(shard); shard = []
+commit(shard)
 loop_s = time.perf_counter() - t
-bytes_per_asset = len(pickle.dumps(worker.process(assets[0])))
 
-# The flow: rendering replaced by the stand-in, everything else as a build runs it.
-build._worker_factory = lambda *args: partial(SleepingWorker, spec, sleep_s)
+# The flow: fetching and rendering replaced by the stand-ins, everything else as a build runs it.
+build._worker_factory = lambda spec, filters, log_dir, lance_uri: partial(SleepingWorker, spec, sleep_s, lance_uri)
+build.NodeFetcher = PlaceholderFetcher
 first, record = [], build._record
-def timed(summary, outcome, samples):
-    if samples and not first:
+def timed(summary, outcome, staged):
+    if staged and not first:
         first.append(time.perf_counter())
-    record(summary, outcome, samples)
+    record(summary, outcome, staged)
 build._record = timed
 t = time.perf_counter()
-state = build.build_kinematicparts20k(source={{"kind": "local", "folder": str(work / "assets")}}, render=spec.model_dump(),
-                                      lance_uri=str(work / "flow.lance"), cache_dir=str(work / "flow-cache"),
-                                      pool_size=1, shard_size={shard}, return_state=True)
+state = build.build_kinematicparts20k(source={{"kind": "objaverse-xl", "objaverse_dir": str(annotations), "offline": True}},
+                                      limit=limit, render=spec.model_dump(), lance_uri=str(work / "flow.lance"),
+                                      cache_dir=str(work / "flow-cache"), pool_size=1, shard_size=shard_size, return_state=True)
 flow_s = time.perf_counter() - t
 report = state.result()
 flow_store = DatasetStore(str(work / "flow.lance"))
 print(json.dumps({{
-    "assets": len(assets), "samples": report.render.samples_written, "loop_s": loop_s, "flow_s": flow_s,
+    "assets": found.accepted, "samples": report.render.samples_written, "loop_s": loop_s, "flow_s": flow_s,
+    "loop_discovery_s": loop_discovery_s, "flow_discovery_s": report.seconds.get("discover+prefilter"),
     "loop_first_sample_s": first_loop, "flow_first_sample_s": first[0] - t if first else None,
+    "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "actor_peak_rss_mb": peaks["actor"] / 2**20, "worker_peak_rss_mb": peaks["worker"] / 2**20,
     "driver_bytes_per_asset": bytes_per_asset, "shards": report.render.shards,
     "versions_before_compaction": {{k: v for k, v in report.versions.items()}},
     "tables_after": {{t: [len(flow_store.checkout(table=t).get_fragments()), len(flow_store.checkout(table=t).versions())] for t in TABLES}},
     "prefect_db_mb": os.path.getsize(Path(os.environ["PREFECT_HOME"]) / "prefect.db") / 2**20,
+    "flow_cache_files": sum(1 for _ in (work / "flow-cache").rglob("*.glb")),
 }}))
 """
 
 
-def dry_run_build(n_assets: int, grid: dict, sleep_s: float, shard: int, root: Path) -> dict:
-    """The build flow over ``n_assets`` tiny local files with the stand-in worker, against a plain loop."""
-    work = root / f"build-{n_assets}"
-    (work / "assets").mkdir(parents=True)
-    for i in range(n_assets):
-        (work / "assets" / f"a{i:06d}.glb").write_bytes(b"glTF" + i.to_bytes(8, "little"))
-    code = CHILD_BUILD.format(repo=str(REPO), bench=str(REPO / "benchmarks"), spec=grid, sleep=sleep_s, work=str(work), shard=shard)
+def dry_run_build(annotations: Path, n_assets: int, grid: dict, sleep_s: float, shard: int, work: Path) -> dict:
+    """A build of ``n_assets`` candidates of the annotation tables at ``annotations`` with the
+    stand-ins, against a plain loop of the same stages, in a fresh process with its own Prefect home."""
+    work.mkdir(parents=True)
+    code = CHILD_BUILD.format(repo=str(REPO), bench=str(REPO / "benchmarks"), spec=grid, sleep=sleep_s, work=str(work),
+                              shard=shard, limit=n_assets, annotations=str(annotations))
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect"),
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
@@ -230,7 +263,8 @@ def main() -> None:
     parser.add_argument("--rows", default="200000,1000000", help="comma-separated annotation table sizes")
     parser.add_argument("--baseline-rows", type=int, default=100_000, help="size at which the old code is measured (0: skip)")
     parser.add_argument("--work", help="folder for the tables (default: a temporary one, removed after)")
-    parser.add_argument("--build", type=int, default=0, help="also a dry-run build over this many assets (0: skip)")
+    parser.add_argument("--build", type=int, default=0,
+                        help="also, at each table size, a dry-run build of this many candidates (--limit) (0: skip)")
     parser.add_argument("--grid", default="4x4x64", help="dry-run build: views x frames x resolution of the stand-in's sample")
     parser.add_argument("--sleep", type=float, default=0.05, help="dry-run build: seconds the stand-in 'renders' an asset")
     parser.add_argument("--shard", type=int, default=8, help="dry-run build: assets committed together")
@@ -263,14 +297,18 @@ def main() -> None:
         if args.build:
             views, frames, resolution = (int(x) for x in args.grid.split("x"))
             grid = {"n_views": views, "n_frames": frames, "resolution": resolution}
-            b = summary["build"] = dry_run_build(args.build, grid, args.sleep, args.shard, Path(tmp))
-            print(f"dry-run build, {b['assets']} assets, stand-in {args.sleep} s/asset, grid {args.grid}, 1 worker: "
-                  f"flow {b['flow_s']:.1f} s vs plain loop {b['loop_s']:.1f} s ({b['assets'] / b['flow_s']:.1f} vs "
-                  f"{b['assets'] / b['loop_s']:.1f} assets/s, overhead {b['flow_s'] / b['loop_s'] - 1:+.0%}); first sample at "
-                  f"{b['flow_first_sample_s']:.1f} s (loop {b['loop_first_sample_s']:.2f} s); driver receives "
-                  f"{b['driver_bytes_per_asset'] / 1024:.0f} KB per asset; {b['shards']} shards; versions "
-                  f"{b['versions_before_compaction']}, (fragments, versions) after upkeep {b['tables_after']}; "
-                  f"Prefect database {b['prefect_db_mb']:.1f} MB", flush=True)
+            for n in sizes:
+                b = summary[f"build-{n}"] = dry_run_build(tables[n], args.build, grid, args.sleep, args.shard, Path(tmp) / f"build-{n}")
+                print(f"dry-run build over {n:,} rows, {b['assets']} assets, stand-in {args.sleep} s/asset, grid {args.grid}, "
+                      f"1 worker: flow {b['flow_s']:.1f} s vs plain loop {b['loop_s']:.1f} s ({b['assets'] / b['flow_s']:.1f} vs "
+                      f"{b['assets'] / b['loop_s']:.1f} assets/s, overhead {b['flow_s'] / b['loop_s'] - 1:+.0%}); "
+                      f"discovery+prefilter {b['flow_discovery_s']:.1f} s (loop {b['loop_discovery_s']:.1f} s); first sample at "
+                      f"{b['flow_first_sample_s']:.1f} s (loop {b['loop_first_sample_s']:.1f} s); peak RSS driver "
+                      f"{b['driver_peak_rss_mb']:.0f} MB, render actor {b['actor_peak_rss_mb']:.0f} MB, worker "
+                      f"{b['worker_peak_rss_mb']:.0f} MB; driver receives {b['driver_bytes_per_asset'] / 1024:.1f} KB per asset; "
+                      f"{b['shards']} shards; versions {b['versions_before_compaction']}, (fragments, versions) after upkeep "
+                      f"{b['tables_after']}; Prefect database {b['prefect_db_mb']:.1f} MB; {b['flow_cache_files']} downloads "
+                      f"left in the cache", flush=True)
     if args.baseline_rows:
         new, old = summary[f"new-{args.baseline_rows}"]["first"], summary[f"old-{args.baseline_rows}"]["first"]
         print(f"at {args.baseline_rows:,} rows, new vs old: {old['seconds'] / new['seconds']:.1f}x faster, "

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -156,22 +158,35 @@ def read_snippet(lance_uri: str, version: int | None) -> str:
 
 @dataclass
 class RenderProgress:
-    """A progress artifact updated as assets finish, at most once per ``every_s`` and at the end."""
+    """What a person steering a long build looks at: a progress bar updated as assets finish (at most
+    once per ``every_s``), and at each shard commit (at most once per ``table_every_s``, and at the
+    end) a table of counts, throughput, ETA and failures by reason, under one key, so the UI shows
+    the latest and keeps the history."""
 
     total: int
     every_s: float = 1.0
+    table_every_s: float = 10.0
     done: int = 0
+    accepted: int = 0
+    samples_written: int = 0
+    shards: int = 0
+    failures: Counter = field(default_factory=Counter)
     _id: UUID | None = None
-    _last: float = field(default=0.0)
+    _last: float = 0.0
+    _last_table: float = 0.0
+    _started: float = 0.0
 
     def start(self) -> None:
         self._id = create_progress_artifact(
             progress=0.0, key=f"{KEY_PREFIX}-render-progress", description=f"0 of {self.total} assets rendered"
         )
-        self._last = time.monotonic()
+        self._started = self._last = time.monotonic()
 
-    def advance(self) -> None:
+    def advance(self, accepted: bool, reasons: Iterable[str]) -> None:
+        """One asset decided: ``accepted`` when it gave a sample, with its rejections' 'stage/reason's."""
         self.done += 1
+        self.accepted += accepted
+        self.failures.update(reasons)
         now = time.monotonic()
         if self._id is not None and (self.done == self.total or now - self._last >= self.every_s):
             update_progress_artifact(
@@ -180,3 +195,26 @@ class RenderProgress:
                 description=f"{self.done} of {self.total} assets rendered",
             )
             self._last = now
+
+    def committed(self, samples_written: int, final: bool = False) -> None:
+        """A shard is in the table."""
+        self.shards += 1
+        self.samples_written += samples_written
+        now = time.monotonic()
+        if final or now - self._last_table >= self.table_every_s:
+            create_markdown_artifact(markdown=self.markdown(now), key=f"{KEY_PREFIX}-build-live",
+                                     description="Live counts of this build, updated at shard commits")
+            self._last_table = now
+
+    def markdown(self, now: float) -> str:
+        elapsed = max(now - self._started, 1e-9)
+        rate = self.done / elapsed
+        left = self.total - self.done
+        eta = "-" if not self.done else "done" if not left else f"{left / rate / 60:.1f} min"
+        rows = "\n".join(f"| {reason} | {n} |" for reason, n in self.failures.most_common())
+        return (
+            "| assets decided | of | gave samples | samples committed | shards | assets/s | ETA |\n"
+            "|---|---|---|---|---|---|---|\n"
+            f"| {self.done} | {self.total} | {self.accepted} | {self.samples_written} | {self.shards} | {rate:.2f} | {eta} |\n\n"
+            "| rejections by stage/reason | count |\n|---|---|\n" + (rows or "| (none) | 0 |") + "\n"
+        )

@@ -1,13 +1,21 @@
-"""The flow ``build-kinematicparts20k``: discover -> prefilter -> plan -> fetch -> render (Ray pool) -> write -> report.
+"""The flow ``build-kinematicparts20k``: discover -> prefilter -> plan -> (fetch -> probe -> filter ->
+parts -> render -> write, in Ray workers) -> commit shards -> report.
 
 A refresh is the same flow run again: the plan skips every asset the store already decided for this
 render configuration, so unchanged work opens no Blender, and a changed render spec renders new rows
 beside the old ones.
 
-Resumability: the driver commits finished assets in shards of ``shard_size``, each shard in the
-order samples -> rejections -> assets, and an asset a worker handled counts as finished only once
-its ``assets`` row (written last) is in. A run killed at any point loses at most the shard in
-flight; the rerun redoes exactly those assets, and the store's insert-if-new writes add no duplicate.
+Work goes to the data: each render worker fetches its assets into its node's cache (one ahead of
+the one it renders), writes each asset's samples straight to the table's storage as an uncommitted
+fragment, evicts the download, and hands back only the fragment's metadata and small rows (about a
+kilobyte an asset). The driver never holds rendered bytes: it commits.
+
+Resumability: the driver commits finished assets in shards (``shard_size`` assets, or what finished
+within ``SHARD_MAX_S``), one at a time in a thread while the pool goes on, each shard in the order
+samples -> rejections -> probes -> assets, and an asset a worker handled counts as finished only once
+its ``assets`` row (written last) is in. A run killed at any point loses at most the shard being
+committed and the one filling; the rerun redoes exactly those assets, and the commits insert only
+keys not yet in the table, so nothing is duplicated.
 
 Scale: discovery and the prefilter stream the annotations as Arrow batches into a candidates file
 and the ``rejections`` table (``pipelines.build.candidates``); Prefect results carry counts, never a
@@ -21,7 +29,6 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,6 @@ from uuid import UUID, uuid4
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 from prefect.runtime import flow_run as prefect_flow_run
 
 from flows.artifacts import (
@@ -49,9 +55,8 @@ from flows.ray_cluster import RayConnection, connect
 from flows.reaper import start_reaper
 from flows.render_pool import Job, Outcome, PoolEvent, RenderPool
 from flows.report import BuildReport, RenderSummary, count_reasons
-from pipelines.build.fetch import FetchCache, FetchError, redact
-from pipelines.build.fetch import fetch as fetch_asset
-from pipelines.build.candidates import read_candidates, stage_candidates
+from pipelines.build.candidates import iter_candidates, stage_candidates, stage_todo
+from pipelines.build.fetch import NodeFetcher, redact
 from pipelines.build.prefilter import Scan, assets_batch
 from pipelines.build.sources.local import discover_local
 from pipelines.build.sources.objaverse_xl import (
@@ -60,7 +65,7 @@ from pipelines.build.sources.objaverse_xl import (
     sketchfab_object_paths_file,
 )
 from pipelines.build.sources.procedural import generate_assets
-from pipelines.build.store import DatasetStore, absolute_uri
+from pipelines.build.store import DatasetStore, StagedSamples, absolute_uri, sql_literal
 from pipelines.files import keep_newest
 from pipelines.version import code_version, probe_version
 from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
@@ -69,17 +74,16 @@ from schemas.filters import FilterRules
 from schemas.params import BuildParams, SourceParams
 from schemas.prefilter import CandidateSummary, PrefilterRules
 from schemas.render import RenderSpec
-from schemas.samples import Sample
 from schemas.tables import AssetRow, ProbeRow
 
 FLOW_NAME = "build-kinematicparts20k"
 DEFAULTS = BuildParams()
-# Rejections decided before any worker saw the asset; every other stage belongs to a worker.
+# Rejections that stand alone, with no ``assets`` row to mark them finished: the prefilter's, decided
+# before any worker saw the asset, and a worker's failed fetch, which is the asset's only row.
 PRE_WORKER_STAGES = ("prefilter", "fetch")
 POOL_STAGE = "pool"  # timeouts and crashes, decided by the pool, not by the worker
-FETCH_RETRIES = 2
-FETCH_THREADS = 8  # downloads wait on the network, not the CPU
 WORKER_LOGS_KEPT = 64  # one log per Blender process under <cache_dir>/logs
+SHARD_MAX_S = 60.0  # a shard is committed once this old, however few assets it holds
 
 
 # ---------------------------------------------------------------------------------------- tasks
@@ -94,85 +98,59 @@ def discover_and_prefilter(params: BuildParams, staging: str) -> CandidateSummar
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan(candidates: CandidateSummary, lance_uri: str, config_hash: str, filter_rules_hash: str) -> list[AssetRef]:
-    """The candidates this render configuration and these filter rules have not finished yet (a no-op
-    refresh returns []; changed filters bring back only the assets a filter had rejected)."""
-    return read_candidates(candidates.path, finished_assets(DatasetStore(lance_uri), config_hash, filter_rules_hash))
-
-
-@task(name="fetch", cache_policy=NO_CACHE, retries=FETCH_RETRIES, retry_delay_seconds=5)
-def fetch_assets(
-    assets: list[AssetRef], cache_dir: str, settings: FetchSettings | None = None
-) -> tuple[list[AssetRef], list[Rejection]]:
-    """Bring every asset into the content-addressed cache. A transient failure (``download_failed``)
-    fails the task so Prefect retries it (objects already cached cost one hash check); on the last
-    attempt it becomes a rejection row, which a later refresh tries again."""
-    cache = FetchCache(Path(cache_dir))
-
-    def attempt(asset: AssetRef) -> AssetRef | FetchError:
-        try:
-            return fetch_asset(asset, cache, settings)
-        except FetchError as exc:
-            return exc
-
-    fetched, rejections, transient = [], [], []
-    with ThreadPoolExecutor(FETCH_THREADS) as downloads:
-        for asset, got in zip(assets, downloads.map(attempt, assets)):
-            if isinstance(got, AssetRef):
-                fetched.append(got)
-            else:
-                (transient if got.reason is RejectReason.download_failed else rejections).append((asset, got))
-    context = TaskRunContext.get()
-    if transient and context is not None and context.task_run.run_count <= FETCH_RETRIES:
-        raise RuntimeError(f"{len(transient)} downloads failed transiently, e.g. {transient[0][1]}")
-    stamp = {"stage": "fetch", "config_hash": "", "code_version": code_version()}
-    return fetched, [_rejection(asset, exc.reason, exc.detail, **stamp) for asset, exc in rejections + transient]
-
-
-@task(name="commit-fetch-rejections", cache_policy=NO_CACHE)
-def commit_fetch_rejections(lance_uri: str, rejections: list[Rejection]) -> int:
-    """Prefilter rejections are written by discover-prefilter itself, in batches."""
-    return DatasetStore(lance_uri).write_rejections(rejections)
+def plan(candidates: CandidateSummary, lance_uri: str, config_hash: str, filter_rules_hash: str, todo: str) -> dict[str, int]:
+    """Write to ``todo`` the candidates this render configuration and these filter rules have not
+    finished yet (a no-op refresh writes none; changed filters bring back only the assets a filter
+    had rejected); returns how many per source."""
+    return stage_todo(candidates.path, finished_assets(DatasetStore(lance_uri), config_hash, filter_rules_hash), todo)
 
 
 @task(name="commit-shard", cache_policy=NO_CACHE)
 def commit_shard(
-    lance_uri: str, samples: list[Sample], rejections: list[Rejection], probes: list[ProbeRow], assets: list[AssetRow]
-) -> tuple[int, int, int]:
-    """One shard, in completion order: the probes (for every later render configuration) before the
-    ``assets`` rows, which go last, as the marker of finished work."""
+    lance_uri: str, staged: list[StagedSamples], rejections: list[Rejection], probes: list[ProbeRow], assets: list[AssetRow]
+) -> tuple[int, int, int, list[str]]:
+    """One shard, in completion order: the workers' staged samples (one version), the rejections, the
+    probes (for every later render configuration), and last the ``assets`` rows, the marker of
+    finished work, for the assets whose samples are all in. Returns (samples, rejections, assets
+    added, the ids of the samples added)."""
     store = DatasetStore(lance_uri)
-    added = store.write_samples(samples), store.write_rejections(rejections)
+    samples_added, complete = store.commit_staged(staged)
+    rejections_added = store.write_rejections(rejections)
     store.write_probes(probes)
-    return (*added, store.write_assets(assets))
+    staged_sha256 = {s.sha256 for s in staged}
+    assets_added = store.write_assets(a for a in assets if a.asset.sha256 in complete or a.asset.sha256 not in staged_sha256)
+    added_ids = [i for s in staged if s.sha256 in complete and s.fragments for i in s.sample_ids]
+    return samples_added, rejections_added, assets_added, added_ids
 
 
 @task(name="render", cache_policy=NO_CACHE)
-def render_assets(assets: list[AssetRef], params: BuildParams) -> tuple[RenderSummary, list[Rejection], list[SheetEntry]]:
-    """Probe, filter, split into parts and render every asset in the Ray pool, committing in shards."""
+def render_assets(
+    todo: str, total: int, params: BuildParams, fetch: FetchSettings
+) -> tuple[RenderSummary, Counter[str], list[Rejection], list[str]]:
+    """Fetch, probe, filter, split into parts and render the ``total`` assets listed in ``todo`` in
+    the Ray pool, committing in shards. Returns the summary, this run's rejections by 'stage/reason',
+    the first of them, and the ids of the first samples added (for the contact sheet)."""
     started = time.monotonic()
     connection = connect(params.ray_address)
     summary = RenderSummary(gcs_address=connection.gcs_address, ray_start_s=time.monotonic() - started)
     try:
-        rejections, sheet = _render_in_pool(connection, assets, params, summary)
+        reasons, first, sheet_ids = _render_in_pool(connection, todo, total, params, fetch, summary)
     finally:
         stopping = time.monotonic()
         connection.close()
         summary.ray_stop_s = time.monotonic() - stopping
     summary.seconds = time.monotonic() - started
-    return summary, rejections, sheet
+    return summary, reasons, first, sheet_ids
 
 
 def _render_in_pool(
-    connection: RayConnection, assets: list[AssetRef], params: BuildParams, summary: RenderSummary
-) -> tuple[list[Rejection], list[SheetEntry]]:
+    connection: RayConnection, todo: str, total: int, params: BuildParams, fetch: FetchSettings, summary: RenderSummary
+) -> tuple[Counter[str], list[Rejection], list[str]]:
     summary.pool_size, cpus_per_worker = pool_shape(params, connection)
-    get_run_logger().info("rendering %d assets on %s with %d workers", len(assets), connection.gcs_address, summary.pool_size)
-    progress = RenderProgress(total=len(assets))
+    get_run_logger().info("rendering %d assets on %s with %d workers", total, connection.gcs_address, summary.pool_size)
+    progress = RenderProgress(total=total)
     progress.start()
-    shard = _Shard(params.lance_uri, summary)
-    rejections: list[Rejection] = []
-    sheet: list[SheetEntry] = []
+    shard = _Shard(params.lance_uri, summary, progress)
     pool_started = time.monotonic()
 
     def first_worker(event: PoolEvent) -> None:
@@ -187,26 +165,25 @@ def _render_in_pool(
         recycle_after=params.recycle_after,
         asset_timeout_s=params.asset_timeout_s,
         cpus_per_worker=cpus_per_worker,
+        fetcher=NodeFetcher(str(Path(params.cache_dir).resolve()), fetch),
+        fetch_timeout_s=fetch_budget_s(fetch),
         on_event=first_worker,
     )
     with pool:
         try:
-            for outcome in pool.imap(Job(a) for a in assets):
-                samples, found, row = outcome_rows(outcome, params.render.config_hash())
-                _record(summary, outcome, samples)
-                rejections += found
-                room = CONTACT_SHEET_SAMPLES - len(sheet)
-                sheet += [SheetEntry(f"{s.file_identifier} {s.clip}", s.rgb, s.parts) for s in samples[:room]]
-                shard.add(samples, found, row, outcome.result.probe if outcome.result is not None else None)
-                if shard.size >= params.shard_size:
+            for outcome in pool.imap(Job(a) for a in iter_candidates(todo)):
+                staged, found, row = outcome_rows(outcome, params.render.config_hash())
+                _record(summary, outcome, staged)
+                shard.add(outcome.job.asset.sha256, staged, found, row, outcome.result.probe if outcome.result is not None else None)
+                progress.advance(bool(staged and staged.n_samples), [f"{r.stage}/{r.reason.value}" for r in found])
+                if shard.size >= params.shard_size or shard.age_s >= SHARD_MAX_S:
                     shard.commit()
-                progress.advance()
         finally:
-            shard.commit()  # also when the pool gives up: finished assets are not redone
+            shard.commit(final=True)  # also when the pool gives up: finished assets are not redone
     stats = pool.stats
     summary.workers_started, summary.recycled = stats.workers_started, stats.recycled
     summary.timeouts, summary.crashes = stats.timeouts, stats.crashes
-    return rejections, sheet
+    return progress.failures, shard.first_rejections, shard.sheet_ids
 
 
 @task(name="compact", cache_policy=NO_CACHE)
@@ -221,9 +198,10 @@ def compact_tables(lance_uri: str) -> dict[str, tuple[int, int]]:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def publish(build: BuildReport, sheet: list[SheetEntry], cache_dir: str, rejections: list[Rejection]) -> BuildReport:
-    if not sheet:
-        sheet = stored_sheet_entries(DatasetStore(build.lance_uri), build.config_hash)
+def publish(build: BuildReport, sheet_ids: list[str], cache_dir: str, rejections: list[Rejection]) -> BuildReport:
+    """The contact sheet (this run's first samples, else the table's), the report and the rejections,
+    as artifacts. The sheet's frames are read back from the table: they never went through the driver."""
+    sheet = stored_sheet_entries(DatasetStore(build.lance_uri), build.config_hash, sheet_ids)
     if sheet:
         path = contact_sheet_path(build.lance_uri, cache_dir)
         publish_contact_sheet(contact_sheet_png(sheet), path)
@@ -273,33 +251,36 @@ def run_build(params: BuildParams) -> BuildReport:
 
     candidates = Path(params.cache_dir) / "candidates"
     remove_dead_owners(candidates)  # the candidates files of builds that were killed
-    staging = candidates / f"{os.getpid()}.{uuid4().hex}.parquet"
+    run_files = f"{os.getpid()}.{uuid4().hex}"
+    staging, todo = candidates / f"{run_files}.parquet", candidates / f"{run_files}.todo.parquet"
     try:
         found = discover_and_prefilter(params, str(staging))
         clock.lap(build, "discover+prefilter")
-        todo = plan(found, params.lance_uri, config_hash, params.filters.rules_hash())
+        per_source = plan(found, params.lance_uri, config_hash, params.filters.rules_hash(), str(todo))
+        staging.unlink(missing_ok=True)
+        clock.lap(build, "plan")
+        to_do = sum(per_source.values())
+        build.candidates, build.already_decided = found.accepted, found.accepted - to_do
+        get_run_logger().info(build.resume_line())
+        reasons: Counter[str] = Counter()
+        rejections = list(found.first_rejections)
+        sheet_ids: list[str] = []
+        if to_do:
+            fetch = fetch_settings(params, per_source.get("sketchfab", 0) > 0)
+            build.render, reasons, render_rejections, sheet_ids = render_assets(str(todo), to_do, params, fetch)
+            rejections += render_rejections
     finally:
         staging.unlink(missing_ok=True)
-    clock.lap(build, "plan")
-    build.candidates, build.already_decided = found.accepted, found.accepted - len(todo)
-    get_run_logger().info(build.resume_line())
-    fetched, fetch_rejections = fetch_assets(todo, params.cache_dir, fetch_settings(params, todo)) if todo else ([], [])
-    commit_fetch_rejections(params.lance_uri, fetch_rejections)
-    clock.lap(build, "fetch")
-    sheet: list[SheetEntry] = []
-    rejections = list(found.first_rejections)
-    if fetched:
-        build.render, render_rejections, sheet = render_assets(fetched, params)
-        rejections += render_rejections
+        todo.unlink(missing_ok=True)
     clock.lap(build, "render")
 
     build.discovered, build.prefilter_rejected = found.scanned, found.rejected
-    build.fetched, build.fetch_rejected = len(fetched), len(fetch_rejections)
-    rejections += fetch_rejections
-    build.rejection_reasons = dict(Counter(found.reasons) + count_reasons(rejections[len(found.first_rejections):]))
+    build.fetch_rejected = sum(n for reason, n in reasons.items() if reason.startswith("fetch/"))
+    build.fetched = len(build.render.processed_sha256) - build.fetch_rejected
+    build.rejection_reasons = dict(Counter(found.reasons) + reasons)
     build.tables = compact_tables(params.lance_uri)
     build.versions = _versions(store)
-    build = publish(build, sheet, params.cache_dir, rejections[:REJECTED_ASSET_ROWS])
+    build = publish(build, sheet_ids, params.cache_dir, rejections[:REJECTED_ASSET_ROWS])
     clock.lap(build, "report")
     return build
 
@@ -341,11 +322,11 @@ def objaverse_dir(source: SourceParams) -> Path:
     return Path(source.objaverse_dir or "~/.objaverse").expanduser()
 
 
-def fetch_settings(params: BuildParams, assets: list[AssetRef]) -> FetchSettings:
+def fetch_settings(params: BuildParams, sketchfab_assets: bool) -> FetchSettings:
     """``params.fetch``, with the Sketchfab object index of the Objaverse download dir filled in when
     Sketchfab objects are to be fetched and no index was named (online, objaverse downloads it once)."""
     settings = params.fetch
-    needs_index = params.source.kind == "objaverse-xl" and any(a.source == "sketchfab" for a in assets)
+    needs_index = params.source.kind == "objaverse-xl" and sketchfab_assets
     if settings.sketchfab_object_paths or not needs_index:
         return settings
     download_dir = objaverse_dir(params.source)
@@ -362,14 +343,18 @@ def finished_assets(store: DatasetStore, config_hash: str, filter_rules_hash: st
     return store.finished_assets(config_hash, (*PRE_WORKER_STAGES, POOL_STAGE), filter_rules_hash)
 
 
-def outcome_rows(outcome: Outcome, config_hash: str) -> tuple[list[Sample], list[Rejection], AssetRow | None]:
-    """A pool outcome as rows: its samples, its rejections, and its ``assets`` row (the marker)."""
+def fetch_budget_s(settings: FetchSettings) -> float:
+    """The longest a fetch with these settings can take (every attempt at its cap, every back-off)."""
+    return (settings.retries + 1) * settings.attempt_seconds + settings.retries * settings.backoff_max_seconds
+
+
+def outcome_rows(outcome: Outcome, config_hash: str) -> tuple[StagedSamples | None, list[Rejection], AssetRow | None]:
+    """A pool outcome as rows: its staged samples, its rejections, and its ``assets`` row (the marker)."""
     asset = outcome.job.asset
     if outcome.failure is not None:
-        rejection = _rejection(
-            asset, outcome.failure, outcome.detail, stage=POOL_STAGE, config_hash=config_hash, code_version=code_version()
-        )
-        return [], [rejection], None
+        # a failed fetch is not about this render configuration: a refresh with another one reuses it
+        stamp = {"config_hash": "" if outcome.stage == "fetch" else config_hash, "code_version": code_version()}
+        return None, [_rejection(asset, outcome.failure, outcome.detail, stage=outcome.stage, **stamp)], None
     result = outcome.result
     probe = result.probe
     if probe is None:  # the worker gave up before probing: record why, so the asset is not redone
@@ -378,7 +363,7 @@ def outcome_rows(outcome: Outcome, config_hash: str) -> tuple[list[Sample], list
             sha256=asset.sha256, ok=False, reason=first.reason if first else None, detail=first.detail if first else ""
         )
     row = AssetRow(asset=result.asset, probe=probe, config_hash=config_hash, code_version=code_version())
-    return list(result.samples), list(result.rejections), row
+    return result.staged, list(result.rejections), row
 
 
 def pool_shape(params: BuildParams, connection: RayConnection) -> tuple[int, float]:
@@ -390,12 +375,15 @@ def pool_shape(params: BuildParams, connection: RayConnection) -> tuple[int, flo
     return size, min(float(threads), cpus / size)
 
 
-def stored_sheet_entries(store: DatasetStore, config_hash: str, n: int = CONTACT_SHEET_SAMPLES) -> list[SheetEntry]:
-    """Samples already in the table (for a refresh that rendered nothing new)."""
-    ids = sorted(store.existing_sample_ids(config_hash))[:n]
+def stored_sheet_entries(
+    store: DatasetStore, config_hash: str, ids: list[str] | None = None, n: int = CONTACT_SHEET_SAMPLES
+) -> list[SheetEntry]:
+    """The samples ``ids`` (the first ``n``), or when none are given, the first samples of this
+    configuration in the table (a refresh that rendered nothing new)."""
+    ids = (ids or sorted(store.existing_sample_ids(config_hash)))[:n]
     if not ids:
         return []
-    where = "sample_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")"
+    where = f"sample_id IN ({', '.join(map(sql_literal, ids))})"
     rows = store.read_samples(columns=["file_identifier", "clip", "rgb", "parts"], filter=where).to_pylist()
     return [SheetEntry(f"{r['file_identifier']} {r['clip']}", r["rgb"], r["parts"]) for r in rows]
 
@@ -407,12 +395,13 @@ def _worker_factory(spec: RenderSpec, filters: FilterRules, log_dir: str, lance_
         worker_logging_to,  # imports bpy: only where a worker is built
     )
 
-    return partial(worker_logging_to, log_dir, spec, filters, lance_uri)  # reuses the stored part decisions
+    # writes its samples to the table and reuses the stored part decisions
+    return partial(worker_logging_to, log_dir, spec, filters, lance_uri, True)
 
 
-def _record(summary: RenderSummary, outcome: Outcome, samples: list[Sample]) -> None:
+def _record(summary: RenderSummary, outcome: Outcome, staged: StagedSamples | None) -> None:
     summary.processed_sha256.append(outcome.job.asset.sha256)
-    summary.accepted_assets += bool(samples)
+    summary.accepted_assets += bool(staged and staged.n_samples)
     if outcome.result is not None:
         summary.n_renders += outcome.result.n_renders
     if outcome.worker is not None:
@@ -434,33 +423,63 @@ def _rejection(asset: AssetRef, reason: RejectReason, detail: str, **stamp: str)
 
 
 class _Shard:
-    """Rows of finished assets waiting to be committed together."""
+    """Rows of finished assets waiting to be committed together (small rows: samples stay staged in
+    the table's storage, written by the workers)."""
 
-    def __init__(self, lance_uri: str, summary: RenderSummary):
-        self.lance_uri, self.summary = lance_uri, summary
-        self.samples: list[Sample] = []
+    def __init__(self, lance_uri: str, summary: RenderSummary, progress: RenderProgress):
+        self.lance_uri, self.summary, self.progress = lance_uri, summary, progress
+        self.first_rejections: list[Rejection] = []  # for the run's artifact
+        self.sheet_ids: list[str] = []  # the first samples this run added
+        self._pending: Any = None  # the shard being committed (a PrefectFuture)
+        self._empty()
+
+    def _empty(self) -> None:
+        self.staged: list[StagedSamples] = []
         self.rejections: list[Rejection] = []
         self.probes: list[ProbeRow] = []
         self.assets: list[AssetRow] = []
-        self.size = 0
+        self.size, self.opened = 0, time.monotonic()
 
-    def add(self, samples: list[Sample], rejections: list[Rejection], row: AssetRow | None, probe: ProbeReport | None) -> None:
+    @property
+    def age_s(self) -> float:
+        return time.monotonic() - self.opened
+
+    def add(
+        self, sha256: str, staged: StagedSamples | None, rejections: list[Rejection], row: AssetRow | None,
+        probe: ProbeReport | None,
+    ) -> None:
         """One finished asset; ``probe`` is the worker's report (None when it never probed)."""
-        self.samples += samples
+        if not self.size:
+            self.opened = time.monotonic()
+        self.staged += [staged] if staged is not None else []
         self.rejections += rejections
+        self.first_rejections += rejections[: max(0, REJECTED_ASSET_ROWS - len(self.first_rejections))]
         self.probes += [ProbeRow(sha256=probe.sha256, probe_version=probe_version(), probe=probe)] if probe is not None else []
         self.assets += [row] if row is not None else []
         self.size += 1
 
-    def commit(self) -> None:
-        if not self.size:
+    def commit(self, final: bool = False) -> None:
+        """Hand the shard to a ``commit-shard`` task run in a thread, so the pool keeps dispatching
+        while it commits; shards commit one at a time, in order (the previous one is waited for
+        first). ``final`` waits for the last one."""
+        if self.size:
+            self._wait()
+            self._pending = commit_shard.submit(self.lance_uri, self.staged, self.rejections, self.probes, self.assets)
+            self._empty()
+        if final:
+            self._wait(final=True)
+
+    def _wait(self, final: bool = False) -> None:
+        if self._pending is None:
             return
-        added = commit_shard(self.lance_uri, self.samples, self.rejections, self.probes, self.assets)
-        self.summary.samples_written += added[0]
-        self.summary.rejections_written += added[1]
-        self.summary.assets_written += added[2]
+        samples, rejections, assets, added_ids = self._pending.result()  # a failed commit fails the run here
+        self._pending = None
+        self.summary.samples_written += samples
+        self.summary.rejections_written += rejections
+        self.summary.assets_written += assets
         self.summary.shards += 1
-        self.samples, self.rejections, self.probes, self.assets, self.size = [], [], [], [], 0
+        self.sheet_ids += added_ids[: max(0, CONTACT_SHEET_SAMPLES - len(self.sheet_ids))]
+        self.progress.committed(samples, final)
 
 
 class _Clock:

@@ -12,6 +12,12 @@ The pool owns the failure modes of a Blender process so that each costs one asse
 - a dead driver: each actor watches the process that started the pool and exits within a couple of
   seconds of its death, whatever process group it is in (its Blender dies with it).
 
+Work goes to the data: given a ``fetcher``, each actor downloads its assets itself, one ahead of
+the one its Blender renders (the pool reserves each actor its next job and asks it to prefetch),
+and hands each asset back to the fetcher once decided, which evicts its copy past the cache's cap.
+Jobs are pulled from the caller's iterable as actors free up, so at most two per actor are in
+flight, whatever the build's size.
+
 Outcomes stream back as they finish (``ray.wait``), in completion order, so the driver can commit
 them in shards while the rest render. Each actor's failure touches only its own asset: the others'
 work in flight is untouched.
@@ -23,6 +29,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Literal
 
@@ -33,6 +40,8 @@ from flows.blender_process import SupervisedWorker, WorkerDeath
 from flows.liveness import ProcessIdentity
 from schemas.assets import AssetRef, RejectReason
 from schemas.errors import ReasonError
+
+FETCH_THREADS = 2  # the asset being fetched for the current job and the one prefetched for the next
 
 # Consecutive actors that die before becoming ready: past this the cluster cannot host a worker at
 # all (bpy missing, out of memory), and going on would only spin.
@@ -66,8 +75,9 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One asset, done. ``result`` is the worker's return value; on a timeout or crash it is None and
-    ``failure`` says which, with ``detail``."""
+    """One asset, done. ``result`` is the worker's return value; on a timeout, a crash or a failed
+    fetch it is None and ``failure`` says which, with ``detail``, decided at ``stage`` (``"pool"`` for
+    timeouts and crashes, ``"fetch"``)."""
 
     job: Job
     worker: WorkerInfo | None
@@ -75,6 +85,15 @@ class Outcome:
     failure: RejectReason | None = None
     detail: str = ""
     seconds: float = 0.0
+    stage: str = "pool"
+
+
+@dataclass(frozen=True)
+class Unfetched:
+    """What an actor returns for an asset its fetcher could not bring in."""
+
+    reason: RejectReason
+    detail: str
 
 
 EventKind = Literal["worker_started", "dispatched", "finished", "timeout", "crashed", "recycled"]
@@ -99,8 +118,11 @@ class PoolStats:
 class _RenderActor:
     """Runs inside a Ray worker process: supervises one Blender child, processes assets one by one."""
 
-    def __init__(self, make_worker: Callable[[], Any], driver: ProcessIdentity | None = None):
+    def __init__(self, make_worker: Callable[[], Any], driver: ProcessIdentity | None = None, fetcher: Any = None):
         self._worker = SupervisedWorker(make_worker)
+        self._fetcher = fetcher
+        self._downloads = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
+        self._ahead: dict[str, Future] = {}
         if driver is not None and driver.on_this_host():
             threading.Thread(target=self._watch, args=(driver,), name="driver-watchdog", daemon=True).start()
 
@@ -110,11 +132,29 @@ class _RenderActor:
             self._worker.pid or 0, context.get_node_id(), ray.util.get_node_ip_address(), context.get_actor_id(), os.getpid()
         )
 
+    def prefetch(self, asset: AssetRef) -> None:
+        """Start fetching the asset this actor will process next (returns at once)."""
+        if self._fetcher is not None and asset.sha256 not in self._ahead:
+            self._ahead[asset.sha256] = self._downloads.submit(self._fetcher.fetch, asset)
+
     def process(self, asset: AssetRef, clips: list[str] | None, timeout_s: float) -> tuple[Any, int]:
-        """(the worker's result or a :class:`WorkerDeath`, the pid of the Blender that takes the next asset)."""
+        """(the worker's result, a :class:`WorkerDeath` or an :class:`Unfetched`, the pid of the
+        Blender that takes the next asset)."""
         if self._worker.pid is None:
             self._worker.start()  # the last restart failed: try once more, or raise and be retired
-        return self._worker.process(asset, clips, timeout_s), self._worker.pid or 0
+        if self._fetcher is not None:
+            download = self._ahead.pop(asset.sha256, None) or self._downloads.submit(self._fetcher.fetch, asset)
+            try:
+                asset = download.result()
+            except ReasonError as exc:
+                return Unfetched(RejectReason(exc.reason), exc.detail), self._worker.pid or 0
+            except Exception as exc:  # noqa: BLE001 - a fetcher's bug costs this asset, retried by a refresh
+                return Unfetched(RejectReason.download_failed, _one_line(exc)), self._worker.pid or 0
+        try:
+            return self._worker.process(asset, clips, timeout_s), self._worker.pid or 0
+        finally:
+            if self._fetcher is not None:
+                self._fetcher.release(asset)  # decided, whatever the outcome: its copy may go
 
     def close(self) -> None:
         """End the Blender and remove its scratch folder (Ray's kill would leave the folder behind)."""
@@ -136,6 +176,7 @@ class _Slot:
     started_at: float
     info: WorkerInfo | None = None
     job: Job | None = None
+    ahead: Job | None = None  # reserved for this actor next, being prefetched
     job_ref: Any = None
     deadline: float = 0.0
     dispatched_at: float = 0.0
@@ -155,6 +196,8 @@ class RenderPool:
     asset_timeout_s: float = 600.0
     cpus_per_worker: float = 1.0
     startup_timeout_s: float = 300.0
+    fetcher: Any = None  # picklable; ``fetch(asset) -> asset`` (raises a ReasonError) and ``release(asset)``
+    fetch_timeout_s: float = 0.0  # what a fetch may take, added to an unanswering actor's deadline
     on_event: Callable[[PoolEvent], None] | None = None
     stats: PoolStats = field(default_factory=PoolStats)
 
@@ -166,6 +209,7 @@ class RenderPool:
         )
         self._driver = ProcessIdentity.of_this_process()
         self._slots: list[_Slot] = []
+        self._waiting: deque[Job] = deque()
         self._consecutive_start_failures = 0
 
     def __enter__(self) -> "RenderPool":
@@ -186,13 +230,18 @@ class RenderPool:
     # -- the loop ------------------------------------------------------------------------------
 
     def imap(self, jobs: Iterable[Job]) -> Iterator[Outcome]:
-        """Process every job; yield one :class:`Outcome` per job as soon as it is known."""
-        queue = deque(jobs)
-        while queue or any(s.job is not None for s in self._slots):
-            self._fill(len(queue))
+        """Process every job; yield one :class:`Outcome` per job as soon as it is known. ``jobs`` is
+        read lazily: no more than ``size`` jobs wait in the pool beyond two per actor."""
+        source, self._waiting = iter(jobs), deque()
+        while True:
+            while len(self._waiting) < self.size and (job := next(source, None)) is not None:
+                self._waiting.append(job)
+            if not self._waiting and all(s.job is None and s.ahead is None for s in self._slots):
+                return
+            self._fill(len(self._waiting))
             for slot in self._slots:
-                if slot.info is not None and slot.job is None and queue:
-                    self._dispatch(slot, queue.popleft())
+                if slot.info is not None and slot.job is None:
+                    self._next_job(slot)
             refs = [s.job_ref if s.job is not None else s.ready_ref for s in self._slots if s.job is not None or s.info is None]
             ready, _ = ray.wait(refs, num_returns=1, timeout=self._wait_budget()) if refs else ([], [])
             for ref in ready:
@@ -205,14 +254,25 @@ class RenderPool:
         """Start actors until the busy plus the queued work has one each, up to ``size``."""
         busy = sum(1 for s in self._slots if s.job is not None)
         while len(self._slots) < min(self.size, busy + queued):
-            handle = self._actor_class.remote(self.make_worker, self._driver)
+            handle = self._actor_class.remote(self.make_worker, self._driver, self.fetcher)
             self._slots.append(_Slot(handle, handle.identity.remote(), time.monotonic()))
+
+    def _next_job(self, slot: _Slot) -> None:
+        """Give an idle actor its reserved job (or the next waiting one), and reserve it the one after,
+        to prefetch while it renders."""
+        job, slot.ahead = slot.ahead or (self._waiting.popleft() if self._waiting else None), None
+        if job is None:
+            return
+        if self.fetcher is not None and self._waiting:
+            slot.ahead = self._waiting.popleft()
+            slot.handle.prefetch.remote(slot.ahead.asset)  # queued before the job: runs first, returns at once
+        self._dispatch(slot, job)
 
     def _dispatch(self, slot: _Slot, job: Job) -> None:
         slot.job = job
         slot.job_ref = slot.handle.process.remote(job.asset, job.clips, self.asset_timeout_s)
         slot.dispatched_at = time.monotonic()
-        slot.deadline = slot.dispatched_at + self.asset_timeout_s + ACTOR_GRACE_S
+        slot.deadline = slot.dispatched_at + self.fetch_timeout_s + self.asset_timeout_s + ACTOR_GRACE_S
         self._emit("dispatched", slot.info, job.asset)
 
     def _wait_budget(self) -> float:
@@ -237,6 +297,8 @@ class RenderPool:
             return Outcome(job, worker, failure=RejectReason.crashed, detail=_actor_death(exc, worker), seconds=seconds)
         slot.done += 1
         slot.info = replace(worker, pid=next_pid)
+        if isinstance(result, Unfetched):
+            return Outcome(job, worker, failure=result.reason, detail=result.detail, seconds=seconds, stage="fetch")
         if isinstance(result, WorkerDeath):
             if result.reason is RejectReason.timeout:
                 self.stats.timeouts += 1
@@ -292,9 +354,12 @@ class RenderPool:
                 )
 
     def _retire(self, slot: _Slot) -> None:
-        """Kill the actor and drop its slot; :meth:`_fill` starts a replacement if work remains."""
+        """Kill the actor and drop its slot (its reserved job goes back to the front of the line);
+        :meth:`_fill` starts a replacement if work remains."""
         ray.kill(slot.handle, no_restart=True)
         self._slots.remove(slot)
+        if slot.ahead is not None:
+            self._waiting.appendleft(slot.ahead)
 
     def _emit(self, kind: EventKind, worker: WorkerInfo | None, asset: AssetRef | None = None) -> None:
         if self.on_event is not None:

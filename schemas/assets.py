@@ -46,6 +46,8 @@ class RejectReason(str, Enum):
     clip_too_short = "clip_too_short"  # the clip spans a single frame: no motion to decide parts from
     too_few_parts = "too_few_parts"
     render_failed = "render_failed"
+    # write
+    write_failed = "write_failed"  # the worker could not write its samples to the table's storage
 
 
 class AssetRef(BaseModel):

@@ -33,3 +33,8 @@ class FetchSettings(BaseModel):
     )
     thingiverse_base: str = "https://www.thingiverse.com"
     smithsonian_base: str | None = Field(None, description="replaces scheme://host of Smithsonian URLs")
+    cache_max_gb: float = Field(
+        5.0, ge=0, description="a render worker evicts the downloads of assets it has finished, oldest "
+        "first, while its node's fetch cache is larger than this (0: each as soon as its asset is decided)",
+    )
+    keep_downloads: bool = Field(False, description="never evict downloads (for debugging an asset)")

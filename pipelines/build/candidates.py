@@ -3,7 +3,8 @@
 :func:`stage_candidates` streams a source's annotation batches through the prefilter, appends the
 accepted rows to a parquet file and the rejections to the store (rows already stored for these rules
 are not written again), and returns only counts, so nothing proportional to the table goes through
-a Prefect result. :func:`read_candidates` turns the rows a build still has to do into AssetRefs.
+a Prefect result. :func:`stage_todo` keeps the rows a build still has to do, in another file, and
+:func:`iter_candidates` reads them back as AssetRefs a batch at a time.
 """
 
 from __future__ import annotations
@@ -60,10 +61,20 @@ def stage_candidates(
     return summary
 
 
-def read_candidates(path: Path | str, skip: set[str]) -> list[AssetRef]:
-    """The candidates in ``path`` whose sha256 is not in ``skip`` (what a build finished already)."""
+def stage_todo(candidates: Path | str, skip: set[str], path: Path | str) -> dict[str, int]:
+    """Write to ``path`` the candidates whose sha256 is not in ``skip`` (what a build finished
+    already), batch by batch; returns how many there are per source."""
     done = pa.array(sorted(skip), pa.string())
-    todo: list[AssetRef] = []
-    for batch in pq.ParquetFile(path).iter_batches():
-        todo += candidate_assets(batch.filter(pc.invert(pc.is_in(batch.column("sha256"), done))))
-    return todo
+    per_source: Counter[str] = Counter()
+    with pq.ParquetWriter(path, CANDIDATES_SCHEMA) as writer:
+        for batch in pq.ParquetFile(candidates).iter_batches():
+            todo = batch.filter(pc.invert(pc.is_in(batch.column("sha256"), done)))
+            writer.write_batch(todo)
+            per_source.update({c["values"]: c["counts"] for c in pc.value_counts(todo.column("source")).to_pylist()})
+    return dict(per_source)
+
+
+def iter_candidates(path: Path | str, batch_rows: int = 256) -> Iterator[AssetRef]:
+    """The AssetRefs of a candidates file, a batch at a time (a build's driver never holds them all)."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        yield from candidate_assets(batch)

@@ -36,6 +36,7 @@ import time
 import urllib.parse
 from functools import lru_cache
 from pathlib import Path
+from collections import deque
 from typing import Callable, Iterator
 
 import requests
@@ -455,3 +456,63 @@ def fetch(asset: AssetRef, cache: FetchCache, config: FetchConfig | None = None)
     if len(errors) == 1:
         raise first
     raise FetchError(first.reason, f"{first.detail} (and {len(errors) - 1} other copies failed)")
+
+
+class NodeFetcher:
+    """A render worker's fetching: into its node's cache at ``cache_dir``, and out again once decided.
+
+    Picklable (a Ray actor gets it). :meth:`release` is called when an asset is decided: the copies of
+    decided assets are then evicted, oldest first, while the cache holds more than
+    ``settings.cache_max_gb`` (never with ``settings.keep_downloads``), so a node's disk stays bounded
+    whatever the build's size. A worker evicts only what it decided itself: an asset another worker
+    is about to render is never taken from under it.
+    """
+
+    def __init__(self, cache_dir: str, settings: FetchSettings | None = None):
+        self.cache_dir, self.settings = cache_dir, settings or FetchSettings()
+        self._decided: deque[tuple[str, Path]] = deque()
+
+    def __getstate__(self) -> dict:
+        return {"cache_dir": self.cache_dir, "settings": self.settings}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["cache_dir"], state["settings"])
+
+    @property
+    def cache(self) -> FetchCache:
+        return FetchCache(Path(self.cache_dir))
+
+    def fetch(self, asset: AssetRef) -> AssetRef:
+        return fetch(asset, self.cache, self.settings)
+
+    def release(self, asset: AssetRef) -> int:
+        """``asset`` is decided; returns the bytes evicted."""
+        if self.settings.keep_downloads or asset.local_path is None:
+            return 0
+        root = Path(self.cache_dir).resolve()
+        path = Path(asset.local_path).resolve()
+        if root not in path.parents:  # not a copy in the cache: never delete a user's file
+            return 0
+        # a .gltf with resources lives in its own folder under the shard
+        self._decided.append((asset.sha256, path.parent if path.parent.name == asset.sha256 else path))
+        cap, evicted = self.settings.cache_max_gb * 2**30, 0
+        size = cache_bytes(root)
+        while self._decided and size > cap:
+            sha256, entry = self._decided.popleft()
+            with self.cache.lock(sha256):
+                freed = cache_bytes(entry) if entry.is_dir() else (entry.stat().st_size if entry.exists() else 0)
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            size, evicted = size - freed, evicted + freed
+        return evicted
+
+
+def cache_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (lock files and temp files included: they take disk too)."""
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:  # removed by another worker meanwhile
+                pass
+    return total

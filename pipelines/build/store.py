@@ -31,11 +31,13 @@ import hashlib
 import itertools
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
 
 import lance
+import lance.fragment
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,10 +69,14 @@ PRIMARY_KEY_METADATA = {b"lance-schema:unenforced-primary-key": b"true"}
 BLOB_COLUMNS = tuple(f.name for f in SAMPLES_SCHEMA if f.metadata == BLOB_METADATA)
 
 # Reasons that say nothing about the asset itself: a refresh tries those assets again by default.
-TRANSIENT_REASONS = frozenset({RejectReason.download_failed, RejectReason.timeout, RejectReason.crashed})
+TRANSIENT_REASONS = frozenset(
+    {RejectReason.download_failed, RejectReason.timeout, RejectReason.crashed, RejectReason.write_failed}
+)
 
 # Rows converted to Arrow at a time while streaming a write: bounds the memory a write holds.
 WRITE_CHUNK_ROWS = 16
+# Keys of small rows looked up in the table at a time by an insert-if-new write.
+LOOKUP_CHUNK_ROWS = 1024
 # Upkeep at the end of a build (``DatasetStore.compact``): compact past this many fragments, keep
 # versions this long (Lance's own default) for readers pinned to one.
 MAX_FRAGMENTS = 32
@@ -83,6 +89,26 @@ R = TypeVar("R", bound=BaseModel)
 
 class StoreError(ReasonError, ValueError):
     """A write or read the store refuses; ``reason`` is a stable code, nothing was committed."""
+
+
+@dataclass(frozen=True)
+class StagedSamples:
+    """One asset's new samples, written by a worker as a fragment of the ``samples`` table and not yet
+    committed: what travels to the committer instead of the rendered bytes (about 1 KB).
+
+    ``sample_ids`` are the rows in ``fragments``; ``present_ids`` the asset's samples the worker found
+    already committed (and so did not render again).
+    """
+
+    sha256: str
+    sample_ids: tuple[str, ...]
+    fragments: tuple[lance.fragment.FragmentMetadata, ...]
+    part_decisions: tuple[PartDecision, ...]
+    present_ids: tuple[str, ...] = ()
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.sample_ids) + len(self.present_ids)
 
 
 def _digest(*parts: str) -> str:
@@ -275,6 +301,74 @@ class DatasetStore:
         self.write_part_decisions(decisions.values())
         return added
 
+    def stage_samples(self, sha256: str, samples: Sequence[Sample], present_ids: Sequence[str] = ()) -> StagedSamples:
+        """Write the asset ``sha256``'s ``samples`` as fragment files of the ``samples`` table without committing
+        them (a worker's half of a write; :meth:`commit_staged` is the committer's). Nothing is visible
+        to readers until the commit; files of a stage never committed (a killed build) are unreferenced
+        and go with ``compact``'s clean-up of old versions."""
+        if not samples:
+            return StagedSamples(sha256, (), (), (), tuple(present_ids))
+        for sample in samples:
+            if check_sample(sample).sha256 != sha256:
+                raise StoreError("bad_stage", f"{sample.sample_id} is a sample of {sample.sha256}, not of {sha256}")
+        schema = TABLE_SCHEMAS["samples"]
+        dataset = self.checkout(None, "samples")
+
+        def batches() -> Iterator[pa.RecordBatch]:  # converted a few rows at a time: payloads are large
+            for start in range(0, len(samples), WRITE_CHUNK_ROWS):
+                chunk = samples[start : start + WRITE_CHUNK_ROWS]
+                yield pa.RecordBatch.from_pylist([{**to_row(s), "sample_id": s.sample_id} for s in chunk], schema=schema)
+
+        fragments = lance.fragment.write_fragments(
+            pa.RecordBatchReader.from_batches(schema, batches()),
+            table_uri(self.uri, "samples"),
+            schema=schema,
+            data_storage_version=dataset.data_storage_version,
+            storage_options=self.storage_options,
+        )
+        decisions = {s.part_decision_id: part_decision_of(s) for s in samples}
+        return StagedSamples(
+            sha256, tuple(s.sample_id for s in samples), tuple(fragments), tuple(decisions.values()),
+            tuple(present_ids),
+        )
+
+    def commit_staged(self, staged: Iterable[StagedSamples]) -> tuple[int, set[str]]:
+        """Commit workers' staged samples in one version; returns (rows added, the sha256s whose staged
+        samples are all in the table now).
+
+        Insert-if-new by key, without reading a payload: a stage whose rows are all in the table
+        already (a rerun of a shard whose samples committed before the build was killed) is dropped and
+        counts as complete; one with only some of its rows in (two builds racing on one table) is
+        dropped and does not count, so the asset is done again, and then renders only what is missing.
+        """
+        staged = list(staged)
+        present = self.present_keys("samples", [key for stage in staged for key in (*stage.sample_ids, *stage.present_ids)])
+        appended = [s for s in staged if s.fragments and not present.intersection(s.sample_ids)]
+        complete = {
+            s.sha256 for s in staged
+            if s in appended or present.issuperset(s.sample_ids) and present.issuperset(s.present_ids)
+        }
+        if appended:
+            dataset = self.checkout(None, "samples")
+            lance.LanceDataset.commit(
+                table_uri(self.uri, "samples"),
+                lance.LanceOperation.Append([f for s in appended for f in s.fragments]),
+                read_version=dataset.version,
+                storage_options=self.storage_options,
+            )
+        self.write_part_decisions(d for s in staged if s.sha256 in complete for d in s.part_decisions)
+        return sum(len(s.sample_ids) for s in appended), complete
+
+    def present_keys(self, table: TableName, keys: Sequence[str], chunk: int = LOOKUP_CHUNK_ROWS) -> set[str]:
+        """The ones of ``keys`` already in ``table`` (a filtered scan of the key column only)."""
+        column, found = KEY_COLUMN[table], set()
+        if not keys:
+            return found
+        for start in range(0, len(keys), chunk):
+            where = f"{column} IN ({', '.join(map(sql_literal, keys[start : start + chunk]))})"
+            found.update(self.read(table, columns=[column], filter=where).column(column).to_pylist())
+        return found
+
     def write_part_decisions(self, rows: Iterable[PartDecision]) -> int:
         return self._insert_new("parts", rows, lambda r: r.decision_id)
 
@@ -347,15 +441,21 @@ class DatasetStore:
         dataset = self.checkout(None, table)
         key_column = KEY_COLUMN[table]
         schema = TABLE_SCHEMAS[table]
-        seen = set(dataset.to_table(columns=[key_column]).column(key_column).to_pylist())
+        # Keys are looked up a chunk of records at a time (a filtered scan of the key column), never
+        # loaded whole: a shard's write costs the same on a table of millions of rows.
+        lookup_rows = WRITE_CHUNK_ROWS if table == "samples" else LOOKUP_CHUNK_ROWS  # samples carry payloads
         failure: list[BaseException] = []
 
         def new_rows() -> Iterator[dict[str, Any]]:
-            for record in records:
-                key = key_of(record)
-                if key not in seen:
-                    seen.add(key)
-                    yield {**to_row(record), key_column: key}
+            seen: set[str] = set()  # this write's keys: the first record of a key wins
+            records_left = iter(records)
+            while chunk := list(itertools.islice(records_left, lookup_rows)):
+                keyed = [(key_of(record), record) for record in chunk]
+                present = self.present_keys(table, [key for key, _ in keyed if key not in seen])
+                for key, record in keyed:
+                    if key not in seen and key not in present:
+                        seen.add(key)
+                        yield {**to_row(record), key_column: key}
 
         def batches() -> Iterator[pa.RecordBatch]:
             rows = new_rows()

@@ -31,7 +31,7 @@ from pipelines.build.blender.render import RenderedGrid, render_grid
 from pipelines.build.blender.session import BlenderSession
 from pipelines.build.framepack import pack
 from pipelines.build.parts import PartsError
-from pipelines.build.store import DatasetStore, StoreError
+from pipelines.build.store import DatasetStore, StagedSamples, StoreError
 from pipelines.version import code_version, probe_version
 from schemas.assets import AssetRef, ProbeReport, RejectReason, Rejection
 from schemas.filters import FilterRules
@@ -47,8 +47,9 @@ T = TypeVar("T")
 class WorkResult:
     asset: AssetRef
     probe: ProbeReport | None
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # empty when ``staged`` holds them
     rejections: list[Rejection] = field(default_factory=list)
+    staged: StagedSamples | None = None  # the samples, written as a fragment of the store's table
     seconds: float = 0.0
     n_renders: int = 0
     log_path: str | None = None  # everything Blender printed in this worker's session
@@ -67,6 +68,10 @@ class AssetWorker:
     ``n_parts_reused`` counts the clips rendered with a part decision read from the store at
     ``lance_uri`` (None: no store, every clip is decided), ``n_probes_reused`` the assets whose probe
     report came from the store (a new render configuration probes nothing already probed).
+
+    With ``stage_samples`` (a build's workers), the samples do not come back: they are written to the
+    store's ``samples`` table as an uncommitted fragment (``WorkResult.staged``) for the build's
+    driver to commit, and clips whose sample the table already holds are not rendered again.
     """
 
     def __init__(
@@ -76,8 +81,12 @@ class AssetWorker:
         threads: int | None = None,
         log_path: str | Path | None = None,
         lance_uri: str | None = None,
+        stage_samples: bool = False,
     ) -> None:
+        if stage_samples and lance_uri is None:
+            raise ValueError("stage_samples needs the store's lance_uri")
         self.spec = spec
+        self.stage_samples = stage_samples
         self.filters = filters
         self.session = BlenderSession(threads=spec.threads if threads is None else threads, log_path=log_path)
         self.config_hash = spec.config_hash()
@@ -120,6 +129,8 @@ class AssetWorker:
         accepted, rejected = filters.select_clips(probe, self.filters, clips)
         stage = "probe" if not probe.ok else "filter"
         result.rejections += [self._reject(asset, stage, reason, detail, clip) for clip, reason, detail in rejected]
+        present = self._present_samples(asset.sha256, accepted) if self.stage_samples else set()
+        accepted = [clip for clip in accepted if sample_key(asset.sha256, clip, self.config_hash) not in present]
         stored = self._stored_decisions(asset.sha256) if accepted else {}
         for n, clip in enumerate(accepted):
             try:
@@ -140,6 +151,24 @@ class AssetWorker:
                 continue
             result.n_renders += grid.n_renders
             result.samples.append(self._sample(asset, probe, grid))
+        if self.stage_samples:
+            self._stage(asset, result, sorted(present))
+
+    def _stage(self, asset: AssetRef, result: WorkResult, present: list[str]) -> None:
+        """Write the result's samples to the store as a fragment; a storage failure rejects them
+        (``write_failed``, tried again by the next refresh) instead of losing the worker."""
+        try:
+            store = self._store or DatasetStore(self.lance_uri)
+            result.staged = store.stage_samples(asset.sha256, result.samples, present)
+        except (StoreError, OSError, ValueError) as exc:
+            detail = f"samples not written to {self.lance_uri}: {type(exc).__name__}: {exc}"[:500]
+            result.rejections += [self._reject(asset, "write", RejectReason.write_failed, detail, s.clip) for s in result.samples]
+        result.samples = []
+
+    def _present_samples(self, sha256: str, clips: list[str]) -> set[str]:
+        """The sample keys of these clips that the store already holds under this configuration."""
+        keys = [sample_key(sha256, clip, self.config_hash) for clip in clips]
+        return self._from_store("samples already written", lambda store: store.present_keys("samples", keys), set())
 
     def _stored_decisions(self, sha256: str) -> dict[str, PartDecision]:
         """The asset's stored part decisions under this worker's part rules and code version."""
@@ -209,10 +238,10 @@ class AssetWorker:
 
 
 def worker_logging_to(
-    log_dir: str | Path, spec: RenderSpec, filters: FilterRules, lance_uri: str | None = None
+    log_dir: str | Path, spec: RenderSpec, filters: FilterRules, lance_uri: str | None = None, stage_samples: bool = False
 ) -> AssetWorker:
     """A worker whose Blender output goes to ``log_dir/blender-<host>-<pid>.log``, reusing the part
-    decisions stored at ``lance_uri``.
+    decisions stored at ``lance_uri`` (and, with ``stage_samples``, writing its samples there).
 
     The log outlives the worker on purpose: a worker killed on a timeout cannot clean up after
     itself, and its log is what says why. One file per worker process; the build keeps only the newest
@@ -221,4 +250,4 @@ def worker_logging_to(
     folder = Path(log_dir)
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / f"blender-{socket.gethostname()}-{os.getpid()}.log"
-    return AssetWorker(spec, filters, log_path=log_path, lance_uri=lance_uri)
+    return AssetWorker(spec, filters, log_path=log_path, lance_uri=lance_uri, stage_samples=stage_samples)

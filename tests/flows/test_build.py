@@ -129,9 +129,13 @@ def test_artifacts_show_counts_reasons_progress_versions_and_the_contact_sheet(d
     by_key = {a.key: a for a in artifacts}
     assert set(by_key) == {
         "kp20k-stage-counts", "kp20k-rejection-reasons", "kp20k-lance-versions", "kp20k-render-progress",
-        "kp20k-contact-sheet",
+        "kp20k-build-live", "kp20k-contact-sheet",
     }
     assert by_key["kp20k-render-progress"].data == 100.0
+    # the live table, last published at the final shard: every asset decided, the ETA says so
+    live = by_key["kp20k-build-live"].data
+    assert f"| {len(report.render.processed_sha256)} | {len(report.render.processed_sha256)} | {report.render.accepted_assets} " \
+        f"| {report.render.samples_written} | {report.render.shards} |" in live and "| done |" in live
     counts = by_key["kp20k-stage-counts"].data
     assert '"stage": "probe/filter/render", "in": 4' in counts
     versions = by_key["kp20k-lance-versions"].data
@@ -164,8 +168,6 @@ def test_an_unchanged_refresh_opens_no_blender(dataset, first):
     states = {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}
     assert states["discover-prefilter"] == "Completed"
     assert "render" not in states
-    # each rejection commit says which stage it commits
-    assert "commit-fetch-rejections" in states and "commit-rejections" not in states
 
 
 def test_a_refresh_renders_exactly_the_two_new_assets(dataset, first):

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,47 @@ def test_workers_that_cannot_start_stop_the_pool_with_a_reason(assets):
     assert caught.value.reason == "worker_start_failed"
     assert "no Blender on this node" in str(caught.value)
     assert pool.stats.start_failures == 3
+
+
+def test_workers_fetch_their_own_assets_one_ahead_and_evict_them_once_decided(tmp_path):
+    """Work goes to the data: each actor fetches (and prefetches its next job), a failed fetch costs
+    its asset only, decided downloads leave the cache (cap 0), and the jobs are read lazily. The first
+    actor is killed on its first asset: the job reserved for it next is not lost."""
+    from pipelines.build.fetch import NodeFetcher
+    from schemas.fetch import FetchSettings
+
+    assets = generate_assets(4, tmp_path / "assets", seed=30)
+    Path(assets[3].local_path).unlink()  # gone before its worker fetches it
+    taken: list[int] = []
+
+    def jobs():
+        for n, a in enumerate(assets):
+            taken.append(n)
+            yield Job(a)
+
+    killed: list[str] = []
+
+    def kill_first_actor(event: PoolEvent) -> None:
+        if event.kind == "dispatched" and not killed:
+            killed.append(event.asset.sha256)
+            os.kill(event.worker.actor_pid, signal.SIGKILL)
+
+    cache = tmp_path / "cache"
+    fetcher = NodeFetcher(str(cache), FetchSettings(cache_max_gb=0))
+    outcomes, taken_at_first = {}, None
+    with RenderPool(make_worker(), size=1, asset_timeout_s=120, fetcher=fetcher, on_event=kill_first_actor) as pool:
+        for outcome in pool.imap(jobs()):
+            taken_at_first = len(taken) if taken_at_first is None else taken_at_first
+            assert outcome.job.asset.sha256 not in outcomes  # each job exactly once
+            outcomes[outcome.job.asset.sha256] = outcome
+    assert taken_at_first <= 3  # one rendering, one reserved next, one waiting: never the whole list
+    assert set(outcomes) == {a.sha256 for a in assets}
+    assert outcomes[killed[0]].failure is RejectReason.crashed
+    missing = outcomes[assets[3].sha256]
+    assert (missing.failure, missing.stage) == (RejectReason.file_missing, "fetch") and missing.result is None
+    rendered = [o for s, o in outcomes.items() if s not in (killed[0], assets[3].sha256)]
+    assert len(rendered) == 2 and all(o.failure is None and o.result.samples for o in rendered)
+    assert all(Path(o.result.asset.local_path).is_relative_to(cache) for o in rendered)  # the worker's own copy
+    # every download a live worker decided is evicted (the killed actor's own copy, if it got that far,
+    # waits for the refresh that retries its asset)
+    assert not [p for o in rendered for p in cache.rglob(f"{o.job.asset.sha256}*")]

@@ -1,17 +1,14 @@
 """The build's stages that need no Ray, no Blender and no Prefect server, on real files and tables:
 which assets a build may skip (an asset is finished only once its ``assets`` row, the last commit of
-its shard, is in), how pool outcomes become rows, how the pool is sized, how fetch failures are sorted."""
+its shard, is in), how pool outcomes become rows, how the pool is sized."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from flows.build import fetch_assets, finished_assets, outcome_rows, pool_shape
+from flows.build import finished_assets, outcome_rows, pool_shape
 from flows.ray_cluster import RayConnection
 from flows.render_pool import Job, Outcome, WorkerInfo
-from pipelines.build.sources.procedural import generate_assets
 from pipelines.build.store import DatasetStore
 from pipelines.build.worker import WorkResult
 from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
@@ -79,8 +76,8 @@ def test_work_under_another_render_config_does_not_count(store):
 
 def test_a_pool_failure_becomes_one_transient_rejection_and_no_marker():
     outcome = Outcome(Job(asset(7)), WorkerInfo(1, "n", "127.0.0.1", "a", 2), failure=RejectReason.timeout, detail="no result")
-    samples, rejections, row = outcome_rows(outcome, CONFIG)
-    assert samples == [] and row is None
+    staged, rejections, row = outcome_rows(outcome, CONFIG)
+    assert staged is None and row is None
     assert [(r.stage, r.reason, r.config_hash) for r in rejections] == [("pool", RejectReason.timeout, CONFIG)]
 
 
@@ -103,14 +100,10 @@ def test_pool_shape_never_asks_ray_for_more_cpus_than_it_has(cpus, threads, pool
     assert size * per_worker <= cpus
 
 
-def test_fetch_keeps_good_assets_and_turns_bad_ones_into_config_independent_rejections(tmp_path):
-    good, gone, lying = generate_assets(3, tmp_path / "assets", seed=5)
-    Path(gone.local_path).unlink()
-    lying = lying.model_copy(update={"sha256": "0" * 64})
-    fetched, rejections = fetch_assets.fn([good, gone, lying], str(tmp_path / "cache"))
-    assert [a.sha256 for a in fetched] == [good.sha256]
-    assert Path(fetched[0].local_path).is_relative_to(tmp_path / "cache")
-    assert {(r.sha256, r.stage, r.reason, r.config_hash) for r in rejections} == {
-        (gone.sha256, "fetch", RejectReason.file_missing, ""),
-        ("0" * 64, "fetch", RejectReason.hash_mismatch, ""),
-    }
+def test_a_failed_fetch_is_a_config_independent_rejection_that_stands_alone(store):
+    outcome = Outcome(Job(asset(9)), None, failure=RejectReason.hash_mismatch, detail="bytes hash to 00..", stage="fetch")
+    staged, rejections, row = outcome_rows(outcome, CONFIG)
+    assert staged is None and row is None
+    assert [(r.stage, r.reason, r.config_hash) for r in rejections] == [("fetch", RejectReason.hash_mismatch, "")]
+    store.write_rejections(rejections)
+    assert finished_assets(store, CONFIG) == {asset(9).sha256}  # decided, with no assets row

@@ -5,12 +5,13 @@ written once per (asset, rules)."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from pipelines.build.candidates import read_candidates, stage_candidates
+from pipelines.build.candidates import iter_candidates, stage_candidates, stage_todo
 from pipelines.build.prefilter import candidate_assets, prefilter, prefilter_stream
 from pipelines.build.sources.objaverse_xl import annotation_scan, discover_objaverse
 from pipelines.build.store import DatasetStore
@@ -110,7 +111,7 @@ def test_rejections_are_written_once_per_asset_and_rules(tmp_path: Path):
     assert first.rejections_written == first.rejected == len(rows) > 0
     assert len({r["row_key"] for r in rows}) == len(rows) == len({r["file_identifier"] for r in rows})
     assert sum(first.reasons.values()) == first.rejected and first.accepted + first.rejected == first.scanned
-    assert len(read_candidates(tmp_path / "a.parquet", skip=set())) == first.accepted
+    assert len(list(iter_candidates(tmp_path / "a.parquet"))) == first.accepted
 
     version = store.version("rejections")
     again = stage_candidates(scan, rules, store, tmp_path / "b.parquet")
@@ -124,15 +125,17 @@ def test_rejections_are_written_once_per_asset_and_rules(tmp_path: Path):
     assert stored.count(relaxed.config_hash()) == third.rejected and stored.count(rules.config_hash()) == first.rejected
 
 
-def test_read_candidates_skips_finished_assets_and_a_limit_bounds_the_file(tmp_path: Path):
+def test_the_todo_file_skips_finished_assets_and_a_limit_bounds_the_candidates(tmp_path: Path):
     write_objaverse_annotations(tmp_path / "objaverse", annotation_rows(120, seed=4))
     store = DatasetStore(str(tmp_path / "kp20k.lance"))
     scan = annotation_scan(tmp_path / "objaverse", offline=True, batch_rows=9)
     summary = stage_candidates(scan, PrefilterRules(), store, tmp_path / "c.parquet", limit=6)
-    todo = read_candidates(summary.path, skip=set())
-    assert summary.accepted == len(todo) == 6 and summary.scanned < 120
-    assert [a.sha256 for a in read_candidates(summary.path, skip={todo[0].sha256, todo[3].sha256})] == [
-        a.sha256 for i, a in enumerate(todo) if i not in (0, 3)]
+    candidates = list(iter_candidates(summary.path, batch_rows=4))
+    assert summary.accepted == len(candidates) == 6 and summary.scanned < 120
+    per_source = stage_todo(summary.path, {candidates[0].sha256, candidates[3].sha256}, tmp_path / "todo.parquet")
+    todo = list(iter_candidates(tmp_path / "todo.parquet"))
+    assert [a.sha256 for a in todo] == [a.sha256 for i, a in enumerate(candidates) if i not in (0, 3)]
+    assert per_source == dict(Counter(a.source for a in todo))
 
 
 def test_the_rejection_writer_keeps_one_row_per_key_and_refuses_foreign_rows(tmp_path: Path):

@@ -6,11 +6,14 @@ import gzip
 import json
 import logging
 import multiprocessing
+import pickle
 from pathlib import Path
 
 import pytest
 
-from pipelines.build.fetch import FetchCache, FetchConfig, FetchError, fetch, gltf_resources, redact
+from pipelines.build.content import file_sha256
+from pipelines.build.fetch import FetchCache, FetchConfig, FetchError, NodeFetcher, fetch, gltf_resources, redact
+from schemas.fetch import FetchSettings
 from schemas.assets import AssetRef, RejectReason
 from tests.netfixtures import (  # noqa: F401 (fixtures)
     LoopbackServer,
@@ -352,3 +355,52 @@ def test_local_file_problems_have_reasons(cache, config, tmp_path):
             fetch(item, cache, config)
         assert error.value.reason is reason, item
     assert leftovers(cache) == []
+
+
+# ---------------------------------------------------------------- a render worker's fetcher
+
+
+def _local_assets(folder: Path, n: int) -> list[AssetRef]:
+    folder.mkdir(parents=True, exist_ok=True)
+    assets = []
+    for i in range(n):
+        path = folder / f"a{i}.glb"
+        path.write_bytes(b"glTF" + bytes([i]) * (1000 * (i + 1)))
+        assets.append(AssetRef(file_identifier=path.as_uri(), source="local", file_type="glb",
+                               sha256=file_sha256(path), local_path=str(path)))
+    return assets
+
+
+def _objects(cache_dir: Path) -> set[str]:
+    return {p.name.split(".")[0] for p in cache_dir.rglob("*.glb")}
+
+
+def test_decided_downloads_are_evicted_oldest_first_past_the_cap(tmp_path):
+    assets = _local_assets(tmp_path / "source", 3)  # 1, 2 and 3 KB
+    fetcher = NodeFetcher(str(tmp_path / "cache"), FetchSettings(cache_max_gb=4500 / 2**30))
+    first, second = fetcher.fetch(assets[0]), fetcher.fetch(assets[1])
+    assert fetcher.release(first) == 0 and fetcher.release(second) == 0  # 3 KB cached: under the cap
+    third = fetcher.fetch(assets[2])
+    assert _objects(tmp_path / "cache") == {a.sha256 for a in assets}
+    evicted = fetcher.release(third)  # 6 KB, over 4.5: the oldest decided ones go until it fits
+    assert _objects(tmp_path / "cache") == {assets[2].sha256} and evicted >= 3000
+    assert all(Path(a.local_path).exists() for a in assets)  # the sources themselves are never touched
+
+
+def test_a_cap_of_zero_evicts_each_download_once_decided_and_keep_downloads_keeps_them(tmp_path):
+    assets = _local_assets(tmp_path / "source", 2)
+    for keep, left in ((False, set()), (True, {a.sha256 for a in assets})):
+        cache = tmp_path / f"cache-{keep}"
+        fetcher = NodeFetcher(str(cache), FetchSettings(cache_max_gb=0, keep_downloads=keep))
+        for a in assets:
+            fetcher.release(fetcher.fetch(a))
+        assert _objects(cache) == left
+
+
+def test_a_file_outside_the_cache_is_never_evicted(tmp_path):
+    import pickle
+
+    (asset,) = _local_assets(tmp_path / "source", 1)
+    fetcher = pickle.loads(pickle.dumps(  # as a Ray actor gets it
+        NodeFetcher(str(tmp_path / "cache"), FetchSettings(cache_max_gb=0))))
+    assert fetcher.release(asset) == 0 and Path(asset.local_path).exists()

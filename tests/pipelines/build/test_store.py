@@ -166,6 +166,61 @@ def test_one_part_decision_per_clip_and_rules_whatever_the_grid(store: DatasetSt
     assert store.part_decisions(sha(7), SPEC.part_rules_hash(), "test") == {}
 
 
+# ---------------------------------------------------------------- staged by workers, committed by the driver
+
+
+def test_staged_samples_are_invisible_until_committed_and_travel_as_metadata(store: DatasetStore) -> None:
+    import pickle
+
+    written = {i: [synthetic_sample(sha(i), clip=c, spec=SPEC, seed=i) for c in ("walk", "run")] for i in range(3)}
+    before = store.version()
+    staged = [store.stage_samples(sha(i), rows) for i, rows in written.items()]
+    assert store.version() == before and not row_ids(store)  # written, not committed
+    assert all(len(pickle.dumps(s)) < 16_384 for s in staged)  # what goes back to the driver: no payload
+    added, complete = store.commit_staged(staged)
+    assert (added, complete, store.version()) == (6, {sha(i) for i in written}, before + 1)  # one version
+    read = {s.sample_id: s for s in from_table(Sample, store.read_samples())}
+    assert read == {s.sample_id: s for rows in written.values() for s in rows}
+    decisions = from_table(PartDecision, store.read("parts"))
+    assert {(d.sha256, d.clip) for d in decisions} == {(sha(i), c) for i in written for c in ("walk", "run")}
+
+
+def test_committing_a_shard_again_adds_nothing_and_counts_it_complete(store: DatasetStore) -> None:
+    """A build killed after a shard's samples committed, before its assets rows: the rerun's workers
+    stage the same keys again."""
+    first = [store.stage_samples(sha(i), samples(range(i, i + 1))) for i in range(3)]
+    store.commit_staged(first)
+    version = store.version()
+    again = [store.stage_samples(sha(i), samples(range(i, i + 1))) for i in range(3)]
+    assert store.commit_staged(again) == (0, {sha(i) for i in range(3)})
+    assert store.version() == version and row_ids(store) == Counter({s.sample_id: 1 for s in samples(range(3))})
+
+
+def test_a_stage_that_only_partly_overlaps_the_table_is_dropped_and_not_complete(store: DatasetStore) -> None:
+    """Two builds racing on one table: the asset is done again, never half-duplicated."""
+    walk, run = (synthetic_sample(sha(5), clip=c, spec=SPEC) for c in ("walk", "run"))
+    staged = store.stage_samples(sha(5), [walk, run])
+    store.write_samples([walk])  # the other build got there first
+    assert store.commit_staged([staged]) == (0, set())
+    assert row_ids(store) == Counter({walk.sample_id: 1})
+
+
+def test_samples_already_present_count_toward_completeness(store: DatasetStore) -> None:
+    walk, run = (synthetic_sample(sha(6), clip=c, spec=SPEC) for c in ("walk", "run"))
+    store.write_samples([walk])
+    staged = store.stage_samples(sha(6), [run], present_ids=[walk.sample_id])
+    assert staged.n_samples == 2
+    assert store.commit_staged([staged]) == (1, {sha(6)})
+    nothing_new = store.stage_samples(sha(7), [], present_ids=["not-in-the-table"])
+    assert store.commit_staged([nothing_new]) == (0, set())
+
+
+def test_a_stage_of_another_assets_samples_is_refused(store: DatasetStore) -> None:
+    with pytest.raises(StoreError) as caught:
+        store.stage_samples(sha(1), samples(range(2, 3)))
+    assert caught.value.reason == "bad_stage"
+
+
 def asset_row(i: int, config_hash: str = "cfg") -> AssetRow:
     ref = AssetRef(fileIdentifier=f"f{i}", source="local", fileType="glb", sha256=sha(i))
     return AssetRow(asset=ref, probe=ProbeReport(sha256=sha(i), ok=True, n_armatures=1), config_hash=config_hash)

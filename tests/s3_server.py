@@ -7,6 +7,9 @@ first use. Imported into tests/conftest.py, so any test can ask for:
   removed), so Lance in this process and in any child it starts (a ``kp20k build`` subprocess, a Ray
   worker started after them) reaches the server with no ``storage_options``.
 
+A test that needs a server of its own (to SIGKILL it, or with moto's options) uses
+``with own_s3_server(log) as (server, process): ...``.
+
 Which variables Lance 14.0.2 reads was found by experiment: a child process given only the variables
 created and read a table on this server. AWS_ENDPOINT_URL, AWS_ENDPOINT and AWS_ENDPOINT_URL_S3 each
 point it at the server; without AWS_ALLOW_HTTP=true it refuses the http:// endpoint ("HTTP error:
@@ -21,6 +24,7 @@ import secrets
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -96,45 +100,42 @@ class S3Location:
     server: S3Server
 
 
-def start_server(log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    """The moto server process (``env`` added to its environment) and its port; raises with its log
-    when it does not start."""
+@contextmanager
+def own_s3_server(log: Path, env: dict[str, str] | None = None) -> Iterator[tuple[S3Server, subprocess.Popen]]:
+    """A server process of the caller's own, with fresh credentials and no bucket yet
+    (``server.client().create_bucket(Bucket=server.bucket)``), stopped on exit: for a test that kills
+    it (``process.kill()``) or sets moto's options (``env``, added to its environment). Its output
+    goes to ``log``, quoted when it does not start."""
     with open(log, "wb") as err:
         process = subprocess.Popen(
             [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
             env={**os.environ, **(env or {})},
         )
-    line = process.stdout.readline()  # "" when it exited
-    if not line.strip().isdigit():
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"the moto S3 server did not start (exit {process.returncode}):\n{log.read_text()[-3000:]}")
-    return process, int(line)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.stdin.close()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        line = process.stdout.readline()  # "" when it exited
+        if not line.strip().isdigit():
+            raise RuntimeError(f"the moto S3 server did not start (exit {process.poll()}):\n{log.read_text()[-3000:]}")
+        yield S3Server(
+            endpoint=f"http://127.0.0.1:{int(line)}",
+            bucket=BUCKET,
+            access_key_id=f"KP20KTEST{secrets.token_hex(6).upper()}",
+            secret_access_key=secrets.token_urlsafe(30),
+        ), process
+    finally:
+        process.stdin.close()  # the server's signal to stop
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    process, port = start_server(tmp_path_factory.mktemp("s3") / "moto.log")
-    try:
-        server = S3Server(
-            endpoint=f"http://127.0.0.1:{port}",
-            bucket=BUCKET,
-            access_key_id=f"KP20KTEST{secrets.token_hex(6).upper()}",
-            secret_access_key=secrets.token_urlsafe(30),
-        )
-        server.client().create_bucket(Bucket=BUCKET)
+    with own_s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as (server, _):
+        server.client().create_bucket(Bucket=server.bucket)
         yield server
-    finally:
-        stop_server(process)
 
 
 @pytest.fixture

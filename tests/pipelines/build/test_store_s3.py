@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,7 @@ from schemas.filters import FilterRules
 from schemas.samples import Sample
 from schemas.tables import REJECTIONS_SCHEMA, AssetRow, ProbeRow, from_table, to_row
 from tests.pipelines.build.test_store import REPO_ROOT, WRITER, asset_row, python, rejection, row_ids, samples, sha, wait_for
-from tests.s3_server import S3Location, S3Server, start_server, stop_server
+from tests.s3_server import S3Location, S3Server, own_s3_server
 
 
 def stored_keys(server: S3Server, uri: str) -> list[str]:
@@ -226,14 +227,29 @@ def test_refused_credentials_say_to_check_them_and_show_none(
     s3_store: S3Location, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # A second server that checks every request's key (moto's IAM), which knows none
-    process, port = start_server(tmp_path / "moto-auth.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    with own_s3_server(tmp_path / "moto-auth.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as (checking, _):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", checking.endpoint)
         with pytest.raises(StoreError) as err:
             DatasetStore(s3_store.uri)
-    finally:
-        stop_server(process)
     assert_says(err.value, "storage_error", s3_store.uri, "check the credentials", s3_store.server)
+
+
+def test_a_server_killed_under_a_store_is_reported_unreachable(
+    s3_store: S3Location, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An own server (the helper a kill test uses): written to, SIGKILLed, then the store cannot be
+    opened and says so. One try, not Lance's three, keeps the test short."""
+    monkeypatch.setenv("OBJECT_STORE_CLIENT_MAX_RETRIES", "0")
+    with own_s3_server(tmp_path / "moto.log") as (own, process):
+        own.client().create_bucket(Bucket=own.bucket)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", own.endpoint)
+        uri = own.fresh_uri()
+        assert DatasetStore(uri).write_samples(samples(range(2))) == 2
+        process.kill()
+        assert process.wait() == -signal.SIGKILL
+        with pytest.raises(StoreError) as err:
+            DatasetStore(uri)
+    assert_says(err.value, "storage_unreachable", uri, "check the endpoint", s3_store.server)
 
 
 def test_a_key_the_server_echoes_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:

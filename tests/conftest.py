@@ -1,4 +1,5 @@
-"""Session-wide test settings: a private Prefect home, quiet analytics, one thread per library."""
+"""Session-wide test settings: a private Prefect home, quiet analytics, one thread per library; the S3
+server fixtures (tests/s3_server.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.prefect_settings import apply_prefect_settings
+from tests.s3_server import s3_server, s3_store  # noqa: F401  (fixtures, started on first use)
 
 _HOME = Path(tempfile.mkdtemp(prefix="kp20k-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_HOME / "prefect"))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -223,15 +224,55 @@ def table_uri(uri: str, table: TableName) -> str:
     return f"{uri.rstrip('/')}/{table}.lance"
 
 
+# Credentials Lance may be given (environment or ``storage_options``): kept out of every error text.
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+CREDENTIAL_OPTION_WORDS = ("key", "secret", "token")
+
+
+def _without_credentials(text: str, storage_options: dict[str, str] | None) -> str:
+    options = storage_options or {}
+    credentials = [os.environ.get(name, "") for name in CREDENTIAL_VARIABLES] + [
+        value for name, value in options.items() if any(word in name.lower() for word in CREDENTIAL_OPTION_WORDS)
+    ]
+    for credential in filter(None, credentials):
+        text = text.replace(credential, "***")
+    return text
+
+
+def _object_store_failure(path: str, exc: Exception, storage_options: dict[str, str] | None) -> StoreError | None:
+    """``exc`` as a :class:`StoreError` saying what to check when it is S3 failing (Lance says "Generic
+    S3 error: ..."), None when it is anything else. Lance raises the same ValueError for a missing table
+    as for a missing bucket or an unreachable endpoint: only its text tells them apart."""
+    text = str(exc)
+    if "Generic S3 error" not in text:
+        return None
+    if "NoSuchBucket" in text:
+        reason, advice = "bucket_not_found", "the bucket does not exist: create it, or check the URI and the endpoint"
+    elif "error sending request" in text or "builder error" in text:  # refused/unresolved; http:// not allowed
+        reason, advice = "storage_unreachable", (
+            "cannot reach the object store: check the endpoint (AWS_ENDPOINT_URL, or aws_endpoint in "
+            "storage_options), that it is up, and AWS_ALLOW_HTTP=true for an http:// endpoint"
+        )
+    else:
+        reason, advice = "storage_error", (
+            "the object store refused the request: check the credentials (AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or an instance role), the region and the bucket's permissions"
+        )
+    return StoreError(reason, f"{path}: {advice}. Lance said: {_without_credentials(text, storage_options)}")
+
+
 def open_table(
     uri: str, table: TableName, version: int | None = None, storage_options: dict[str, str] | None = None
 ) -> lance.LanceDataset:
     """A read-only handle on one table of the store at ``uri``, at ``version`` (the latest when None)."""
+    path = table_uri(uri, table)
     try:
-        return lance.dataset(table_uri(uri, table), version=version, storage_options=storage_options)
+        return lance.dataset(path, version=version, storage_options=storage_options)
     except ValueError as exc:
+        if (failure := _object_store_failure(path, exc, storage_options)) is not None:
+            raise failure from None  # not chained: Lance's own text is in the message, credentials removed
         missing = "no such table" if version is None else f"no version {version}"
-        raise StoreError("version_not_found", f"{table_uri(uri, table)}: {missing} ({exc})") from exc
+        raise StoreError("version_not_found", f"{path}: {missing} ({exc})") from exc
 
 
 class DatasetStore:
@@ -255,14 +296,11 @@ class DatasetStore:
     def _create_if_missing(self, table: TableName) -> None:
         path = table_uri(self.uri, table)
         try:
-            existing = lance.dataset(path, storage_options=self.storage_options)
-        except ValueError:
-            empty = TABLE_SCHEMAS[table].empty_table()
-            try:
-                lance.write_dataset(empty, path, mode="create", storage_options=self.storage_options)
-            except OSError as exc:  # another process created it first
-                if "already exists" not in str(exc):
-                    raise
+            existing = self.checkout(None, table)
+        except StoreError as exc:
+            if exc.reason != "version_not_found":
+                raise
+            self._create(table)
             return
         expected, found = TABLE_SCHEMAS[table].names, existing.schema.names
         if expected == found:
@@ -275,8 +313,23 @@ class DatasetStore:
         try:
             existing.add_columns(added)
         except (OSError, ValueError):
-            if lance.dataset(path, storage_options=self.storage_options).schema.names != expected:
+            if self.checkout(None, table).schema.names != expected:
                 raise
+
+    def _create(self, table: TableName) -> None:
+        """Create ``table`` empty; another process creating it at the same moment is fine."""
+        path = table_uri(self.uri, table)
+        try:
+            empty = TABLE_SCHEMAS[table].empty_table()
+            lance.write_dataset(empty, path, mode="create", storage_options=self.storage_options)
+        except OSError as exc:
+            # Lost to another creator: Lance says "already exists" when it saw the table before writing,
+            # "Retryable commit conflict" when it lost the commit itself (seen on S3 with six creators).
+            # Either way the table is there now; otherwise the create failed.
+            try:
+                self.checkout(None, table)
+            except StoreError:
+                raise _object_store_failure(path, exc, self.storage_options) or exc from None
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ render workers.
    server pays that once, not per run.)
 3. Flow, 1 worker, standing Ray: the same, joining a Ray that is already up (a cluster, or
    ``RAY_ADDRESS``), as a production worker does.
-4. Flow, 2 workers, standing Ray: ``pool_size=2``; the speedup is 3 over 4.
+4. Flow, 2 workers, standing Ray: ``pool_size=2``; the speedup is 3 over 4 (``--scaling-only``: runs
+   3 and 4 alone, e.g. ``--assets 6 --views 8 --frames 8 --resolution 256 --samples 4``, where
+   rendering dominates).
 
 Every run renders every asset from scratch. Prints one line per run and a JSON summary.
 """
@@ -67,7 +69,8 @@ def plain_loop(folder: Path, spec: RenderSpec, work: Path) -> tuple[float, float
     written, shard = 0, []
     for asset in kept:
         result = worker.process(fetch(asset, cache))
-        shard.append(outcome_rows(Outcome(Job(asset), None, result=result), spec.config_hash()))
+        _, found, row = outcome_rows(Outcome(Job(asset), None, result=result), spec.config_hash())
+        shard.append((result.samples, found, row))  # this worker returns its samples: the loop writes them
         if len(shard) == SHARD or asset is kept[-1]:
             written += store.write_samples(s for samples, _, _ in shard for s in samples)
             store.write_rejections(r for _, found, _ in shard for r in found)
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--scaling-only", action="store_true", help="only 1 vs 2 workers on a standing Ray (runs 3 and 4)")
     args = parser.parse_args()
     spec = RenderSpec(n_views=args.views, n_frames=args.frames, resolution=args.resolution, samples=args.samples)
     work = Path(tempfile.mkdtemp(prefix="kp20k-build-overhead-"))
@@ -111,23 +115,36 @@ def main() -> None:
     print(f"{args.assets} assets, {spec.n_views}x{spec.n_frames} grid at {spec.resolution} px, {spec.samples} samples; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    loop_s, loop_warm_s, loop_rows = plain_loop(folder, spec, work)
-    print(f"plain loop (1 Blender, no Prefect, no Ray): {loop_s:6.1f} s, {loop_rows} samples "
-          f"(Blender ready after {loop_warm_s:.1f} s)", flush=True)
+    loop_rows = None
+    if not args.scaling_only:
+        loop_s, loop_warm_s, loop_rows = plain_loop(folder, spec, work)
+        print(f"plain loop (1 Blender, no Prefect, no Ray): {loop_s:6.1f} s, {loop_rows} samples "
+              f"(Blender ready after {loop_warm_s:.1f} s)", flush=True)
     runs = {}
-    for label, workers, standing in (("own Ray", 1, False), ("standing Ray", 1, True), ("standing Ray", 2, True)):
+    plan = (("own Ray", 1, False), ("standing Ray", 1, True), ("standing Ray", 2, True))
+    for label, workers, standing in plan[1:] if args.scaling_only else plan:
         if standing and not ray.is_initialized():
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         seconds, report = flow_run(folder, spec, work, f"{workers}-{label.split()[0]}", workers)
         r = report.render
-        runs[label, workers] = (seconds, r.ray_start_s + r.first_worker_s + r.ray_stop_s)
+        runs[label, workers] = (seconds, r.ray_start_s + r.first_worker_s + r.ray_stop_s, r.seconds - r.first_worker_s)
         print(f"flow, {label}, {workers} worker(s): {seconds:6.1f} s, {r.samples_written} samples "
               f"(Ray start {r.ray_start_s:.1f} s, first warm worker {r.first_worker_s:.1f} s, Ray stop {r.ray_stop_s:.1f} s)",
               flush=True)
+        loop_rows = r.samples_written if loop_rows is None else loop_rows
         assert r.samples_written == loop_rows, "every run must write the same samples"
     ray.shutdown()
+    standing1, standing2 = runs["standing Ray", 1], runs["standing Ray", 2]
+    if args.scaling_only:
+        print(f"1 -> 2 workers: {standing1[0] / standing2[0]:.2f}x end to end, "
+              f"{standing1[2] / standing2[2]:.2f}x from the first warm worker to the end of the render task")
+        print(json.dumps({"assets": args.assets, "samples_written": loop_rows, "one_worker_s": round(standing1[0], 2),
+                          "two_workers_s": round(standing2[0], 2), "speedup": round(standing1[0] / standing2[0], 2),
+                          "speedup_after_warm": round(standing1[2] / standing2[2], 2),
+                          "load_average_1min": round(os.getloadavg()[0], 1)}))
+        return
 
-    own, standing1, standing2 = runs["own Ray", 1], runs["standing Ray", 1], runs["standing Ray", 2]
+    own = runs["own Ray", 1]
     summary = {
         "assets": args.assets,
         "grid": {"views": spec.n_views, "frames": spec.n_frames, "resolution": spec.resolution, "samples": spec.samples},

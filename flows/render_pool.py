@@ -154,10 +154,14 @@ class _RenderActor:
             return self._worker.process(asset, clips, timeout_s), self._worker.pid or 0
         finally:
             if self._fetcher is not None:
-                self._fetcher.release(asset)  # decided, whatever the outcome: its copy may go
+                try:
+                    self._fetcher.release(asset)  # decided, whatever the outcome: its copy may go
+                except OSError as exc:  # a copy that cannot be removed costs disk, never the asset
+                    print(f"kp20k render actor: download of {asset.sha256} not evicted: {exc}", flush=True)
 
     def close(self) -> None:
         """End the Blender and remove its scratch folder (Ray's kill would leave the folder behind)."""
+        self._downloads.shutdown(wait=False, cancel_futures=True)
         self._worker.close()
 
     def _watch(self, driver: ProcessIdentity) -> None:

@@ -83,7 +83,7 @@ class BuildParams(BaseModel):
     pool_size: int | None = Field(None, ge=1, le=4096, description="render workers; None: one per available CPU")
     recycle_after: int = Field(100, ge=1, description="assets a worker renders before it is replaced")
     asset_timeout_s: float = Field(600.0, gt=0, description="hard limit for one asset in a worker")
-    shard_size: int = Field(8, ge=1, description="finished assets committed together")
+    shard_size: int = Field(64, ge=1, description="finished assets committed together (or those finished within a minute)")
 
     @field_validator("prefilter", "filters", "render", "fetch", mode="before")
     @classmethod

@@ -458,6 +458,9 @@ def fetch(asset: AssetRef, cache: FetchCache, config: FetchConfig | None = None)
     raise FetchError(first.reason, f"{first.detail} (and {len(errors) - 1} other copies failed)")
 
 
+RECOUNT_EVERY = 64  # releases between two walks of a node's cache (NodeFetcher.release)
+
+
 class NodeFetcher:
     """A render worker's fetching: into its node's cache at ``cache_dir``, and out again once decided.
 
@@ -471,6 +474,8 @@ class NodeFetcher:
     def __init__(self, cache_dir: str, settings: FetchSettings | None = None):
         self.cache_dir, self.settings = cache_dir, settings or FetchSettings()
         self._decided: deque[tuple[str, Path]] = deque()
+        self._size: int | None = None  # the cache's size at the last count, plus what this worker added since
+        self._releases = 0
 
     def __getstate__(self) -> dict:
         return {"cache_dir": self.cache_dir, "settings": self.settings}
@@ -486,7 +491,12 @@ class NodeFetcher:
         return fetch(asset, self.cache, self.settings)
 
     def release(self, asset: AssetRef) -> int:
-        """``asset`` is decided; returns the bytes evicted."""
+        """``asset`` is decided; returns the bytes evicted.
+
+        The cache is counted (a walk of its files) only every ``RECOUNT_EVERY`` releases or when this
+        worker's running estimate passes the cap: a walk per asset would cost in proportion to the
+        cache, and other workers' downloads are what the periodic count catches.
+        """
         if self.settings.keep_downloads or asset.local_path is None:
             return 0
         root = Path(self.cache_dir).resolve()
@@ -494,16 +504,32 @@ class NodeFetcher:
         if root not in path.parents:  # not a copy in the cache: never delete a user's file
             return 0
         # a .gltf with resources lives in its own folder under the shard
-        self._decided.append((asset.sha256, path.parent if path.parent.name == asset.sha256 else path))
+        entry = path.parent if path.parent.name == asset.sha256 else path
+        self._decided.append((asset.sha256, entry))
         cap, evicted = self.settings.cache_max_gb * 2**30, 0
-        size = cache_bytes(root)
-        while self._decided and size > cap:
+        self._releases += 1
+        if self._size is None or self._releases % RECOUNT_EVERY == 0:
+            self._size = cache_bytes(root)
+        else:
+            self._size += _entry_bytes(entry)
+        if self._size > cap:
+            self._size = cache_bytes(root)
+        while self._decided and self._size > cap:
             sha256, entry = self._decided.popleft()
             with self.cache.lock(sha256):
-                freed = cache_bytes(entry) if entry.is_dir() else (entry.stat().st_size if entry.exists() else 0)
+                freed = _entry_bytes(entry)
                 shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-            size, evicted = size - freed, evicted + freed
+            self._size, evicted = self._size - freed, evicted + freed
         return evicted
+
+
+def _entry_bytes(entry: Path) -> int:
+    if entry.is_dir():
+        return cache_bytes(entry)
+    try:
+        return entry.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def cache_bytes(folder: Path) -> int:

@@ -126,6 +126,10 @@ def test_artifacts_show_counts_reasons_progress_versions_and_the_contact_sheet(d
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    # the UI shows each shard as a task run of its own, completed
+    shard_runs = [t for t in tasks if t.name.startswith("commit-shard")]
+    assert len(shard_runs) == report.render.shards and {t.state.name for t in shard_runs} == {"Completed"}
     by_key = {a.key: a for a in artifacts}
     assert set(by_key) == {
         "kp20k-stage-counts", "kp20k-rejection-reasons", "kp20k-lance-versions", "kp20k-render-progress",

@@ -4,6 +4,7 @@ shows as Crashed (not Running) in Prefect."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -18,7 +19,7 @@ from prefect.client.schemas.objects import StateType
 from flows.build import FLOW_NAME, build_kinematicparts20k
 from flows.dead_runs import TABLE_LABEL
 from pipelines.build.sources.procedural import generate_assets
-from pipelines.build.store import KEY_COLUMN, DatasetStore
+from pipelines.build.store import KEY_COLUMN, DatasetStore, StoreError, open_table
 from tests.flows.conftest import TINY_RENDER, cli_build, kill_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session", "prefect_api")]
@@ -34,10 +35,12 @@ def table_keys(lance: str) -> dict[str, list[str]]:
 
 
 def committed_assets(lance: str) -> set[str]:
-    if not Path(lance, "assets.lance").exists():
+    """Read-only (opening a DatasetStore would create the tables, racing the build that creates them)."""
+    try:
+        table = open_table(lance, "assets")
+    except StoreError:  # not created yet
         return set()
-    rows = DatasetStore(lance).read("assets", columns=["asset"]).column("asset").to_pylist()
-    return {row["sha256"] for row in rows}
+    return {row["sha256"] for row in table.to_table(columns=["asset"]).column("asset").to_pylist()}
 
 
 def test_sigkill_midway_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, prefect_stack):
@@ -99,3 +102,52 @@ def test_sigkill_midway_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_path
         assert len(killed[table]) == len(set(killed[table])), f"duplicate {table} rows"
         assert killed[table] == whole[table], f"{table} differs from the uninterrupted build"
     assert len(whole["samples"]) >= N_ASSETS
+
+
+def finished_build(arguments: list[str], stack: dict[str, str], log: Path) -> dict:
+    """``kp20k build --json`` run to its end in a subprocess (which starts its own Ray, so its workers
+    see this process's environment, the S3 variables included); its report."""
+    run = cli_build(arguments, stack, log)
+    try:
+        assert run.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        kill_session(run)
+    return json.loads(log.read_text().strip().splitlines()[-1])
+
+
+def test_sigkill_midway_on_object_storage_then_rerun_gives_exactly_the_uninterrupted_keys(tmp_path, prefect_stack, s3_store):
+    """Two workers write their samples straight to ``s3://`` (a moto server on 127.0.0.1, reached
+    through the usual AWS variables); the build is SIGKILLed once two assets are committed, rerun,
+    and ends with exactly the keys of an uninterrupted build on another prefix."""
+    folder = tmp_path / "assets"
+    assets = generate_assets(6, folder, seed=71)
+    common = ["--source", "local", "--folder", str(folder), "--workers", "2", "--shard-size", "1"]
+    killed_lance = f"{s3_store.uri}/killed"
+    log = tmp_path / "killed.log"
+    run = cli_build([*common, "--lance", killed_lance, "--cache-dir", str(tmp_path / "cache")], prefect_stack, log)
+    try:
+        deadline = time.monotonic() + 300
+        while len(committed_assets(killed_lance)) < 2:
+            assert run.poll() is None, f"the build ended before it could be killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGKILL)
+    finally:
+        kill_session(run)
+    done_before = committed_assets(killed_lance)
+    assert 2 <= len(done_before) < len(assets), "the kill must land mid-render"
+
+    rerun = finished_build([*common, "--lance", killed_lance, "--cache-dir", str(tmp_path / "cache")], prefect_stack,
+                           tmp_path / "rerun.log")
+    assert rerun["already_decided"] == len(done_before)
+    assert set(rerun["render"]["processed_sha256"]).isdisjoint(done_before)
+    assert len(rerun["render"]["worker_pids"]) == 2  # both workers wrote
+
+    whole_lance = f"{s3_store.uri}/whole"
+    finished_build([*common, "--lance", whole_lance, "--cache-dir", str(tmp_path / "cache-whole")], prefect_stack,
+                   tmp_path / "whole.log")
+    killed, whole = table_keys(killed_lance), table_keys(whole_lance)
+    for table in killed:
+        assert len(killed[table]) == len(set(killed[table])), f"duplicate {table} rows"
+        assert killed[table] == whole[table], f"{table} differs from the uninterrupted build"
+    assert len(whole["samples"]) >= len(assets)

@@ -267,7 +267,7 @@ def main() -> None:
                         help="also, at each table size, a dry-run build of this many candidates (--limit) (0: skip)")
     parser.add_argument("--grid", default="4x4x64", help="dry-run build: views x frames x resolution of the stand-in's sample")
     parser.add_argument("--sleep", type=float, default=0.05, help="dry-run build: seconds the stand-in 'renders' an asset")
-    parser.add_argument("--shard", type=int, default=8, help="dry-run build: assets committed together")
+    parser.add_argument("--shard", type=int, default=64, help="dry-run build: assets committed together (the build's default)")
     args = parser.parse_args()
     sizes = [int(r) for r in args.rows.split(",") if r]
     summary: dict[str, dict] = {}

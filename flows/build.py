@@ -13,9 +13,9 @@ kilobyte an asset). The driver never holds rendered bytes: it commits.
 Resumability: the driver commits finished assets in shards (``shard_size`` assets, or what finished
 within ``SHARD_MAX_S``), one at a time in a thread while the pool goes on, each shard in the order
 samples -> rejections -> probes -> assets, and an asset a worker handled counts as finished only once
-its ``assets`` row (written last) is in. A run killed at any point loses at most the shard being
-committed and the one filling; the rerun redoes exactly those assets, and the commits insert only
-keys not yet in the table, so nothing is duplicated.
+its ``assets`` row (written last) is in. A run killed at any point loses at most the shards handed
+over and not yet committed (``PENDING_SHARDS``) and the one filling; the rerun redoes exactly those
+assets, and the commits insert only keys not yet in the table, so nothing is duplicated.
 
 Scale: discovery and the prefilter stream the annotations as Arrow batches into a candidates file
 and the ``rejections`` table (``pipelines.build.candidates``); Prefect results carry counts, never a
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ PRE_WORKER_STAGES = ("prefilter", "fetch")
 POOL_STAGE = "pool"  # timeouts and crashes, decided by the pool, not by the worker
 WORKER_LOGS_KEPT = 64  # one log per Blender process under <cache_dir>/logs
 SHARD_MAX_S = 60.0  # a shard is committed once this old, however few assets it holds
+PENDING_SHARDS = 2  # shards handed to their commit task and not yet committed: one committing, one waiting
 
 
 # ---------------------------------------------------------------------------------------- tasks
@@ -430,7 +431,7 @@ class _Shard:
         self.lance_uri, self.summary, self.progress = lance_uri, summary, progress
         self.first_rejections: list[Rejection] = []  # for the run's artifact
         self.sheet_ids: list[str] = []  # the first samples this run added
-        self._pending: Any = None  # the shard being committed (a PrefectFuture)
+        self._pending: deque[Any] = deque()  # PrefectFutures of the shards handed over, oldest first
         self._empty()
 
     def _empty(self) -> None:
@@ -460,20 +461,22 @@ class _Shard:
 
     def commit(self, final: bool = False) -> None:
         """Hand the shard to a ``commit-shard`` task run in a thread, so the pool keeps dispatching
-        while it commits; shards commit one at a time, in order (the previous one is waited for
-        first). ``final`` waits for the last one."""
+        while it commits. Shards commit one at a time, in order (each waits for the one before);
+        at most ``PENDING_SHARDS`` wait, past that the caller waits for the oldest. ``final`` waits
+        for them all."""
         if self.size:
-            self._wait()
-            self._pending = commit_shard.submit(self.lance_uri, self.staged, self.rejections, self.probes, self.assets)
+            while len(self._pending) >= PENDING_SHARDS:
+                self._settle()
+            after = [self._pending[-1]] if self._pending else None
+            self._pending.append(
+                commit_shard.submit(self.lance_uri, self.staged, self.rejections, self.probes, self.assets, wait_for=after)
+            )
             self._empty()
-        if final:
-            self._wait(final=True)
+        while final and self._pending:
+            self._settle(final=len(self._pending) == 1)
 
-    def _wait(self, final: bool = False) -> None:
-        if self._pending is None:
-            return
-        samples, rejections, assets, added_ids = self._pending.result()  # a failed commit fails the run here
-        self._pending = None
+    def _settle(self, final: bool = False) -> None:
+        samples, rejections, assets, added_ids = self._pending.popleft().result()  # a failed commit fails the run here
         self.summary.samples_written += samples
         self.summary.rejections_written += rejections
         self.summary.assets_written += assets

@@ -12,11 +12,12 @@ The pool owns the failure modes of a Blender process so that each costs one asse
 - a dead driver: each actor watches the process that started the pool and exits within a couple of
   seconds of its death, whatever process group it is in (its Blender dies with it).
 
-Work goes to the data: given a ``fetcher``, each actor downloads its assets itself, one ahead of
-the one its Blender renders (the pool reserves each actor its next job and asks it to prefetch),
-and hands each asset back to the fetcher once decided, which evicts its copy past the cache's cap.
-Jobs are pulled from the caller's iterable as actors free up, so at most two per actor are in
-flight, whatever the build's size.
+Work goes to the data: given a ``fetcher``, each actor downloads its assets itself and hands each
+back to the fetcher once decided, which evicts its copy past the cache's cap. Each actor holds two
+jobs: the one its Blender renders and the next, already sent, whose download starts at once (a
+``prefetch`` call in a concurrency group of its own) and which the actor starts the moment the
+first is done, without waiting for the driver. Jobs are pulled from the caller's iterable as actors
+take them, so at most two per actor are in flight, plus ``size`` waiting, whatever the build's size.
 
 Outcomes stream back as they finish (``ray.wait``), in completion order, so the driver can commit
 them in shards while the rest render. Each actor's failure touches only its own asset: the others'
@@ -42,6 +43,7 @@ from schemas.assets import AssetRef, RejectReason
 from schemas.errors import ReasonError
 
 FETCH_THREADS = 2  # the asset being fetched for the current job and the one prefetched for the next
+JOBS_PER_ACTOR = 2  # the one rendering and the next, sent ahead: the actor never waits for the driver
 
 # Consecutive actors that die before becoming ready: past this the cluster cannot host a worker at
 # all (bpy missing, out of memory), and going on would only spin.
@@ -132,6 +134,7 @@ class _RenderActor:
             self._worker.pid or 0, context.get_node_id(), ray.util.get_node_ip_address(), context.get_actor_id(), os.getpid()
         )
 
+    @ray.method(concurrency_group="fetch")  # runs at once, beside a process call in progress
     def prefetch(self, asset: AssetRef) -> None:
         """Start fetching the asset this actor will process next (returns at once)."""
         if self._fetcher is not None and asset.sha256 not in self._ahead:
@@ -174,17 +177,25 @@ class _RenderActor:
 
 
 @dataclass
+class _Sent:
+    job: Job
+    ref: Any
+
+
+@dataclass
 class _Slot:
     handle: Any
     ready_ref: Any
     started_at: float
     info: WorkerInfo | None = None
-    job: Job | None = None
-    ahead: Job | None = None  # reserved for this actor next, being prefetched
-    job_ref: Any = None
-    deadline: float = 0.0
-    dispatched_at: float = 0.0
+    sent: deque[_Sent] = field(default_factory=deque)  # in the actor's order; the first is rendering
+    head_since: float = 0.0  # when the first of ``sent`` started
+    deadline: float = 0.0  # for the first of ``sent``
     done: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.sent)
 
 
 @dataclass
@@ -208,7 +219,7 @@ class RenderPool:
     def __post_init__(self) -> None:
         if self.size < 1 or self.recycle_after < 1 or self.asset_timeout_s <= 0:
             raise ValueError("size and recycle_after must be >= 1 and asset_timeout_s > 0")
-        self._actor_class = ray.remote(_RenderActor).options(
+        self._actor_class = ray.remote(concurrency_groups={"fetch": 1})(_RenderActor).options(
             num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0
         )
         self._driver = ProcessIdentity.of_this_process()
@@ -224,7 +235,7 @@ class RenderPool:
 
     def close(self) -> None:
         # Idle actors close their Blender themselves (a busy one may be hung: it is only killed).
-        closing = [slot.handle.close.remote() for slot in self._slots if slot.job is None]
+        closing = [slot.handle.close.remote() for slot in self._slots if not slot.busy]
         if closing:
             ray.wait(closing, num_returns=len(closing), timeout=CLOSE_GRACE_S)
         for slot in self._slots:
@@ -236,17 +247,22 @@ class RenderPool:
     def imap(self, jobs: Iterable[Job]) -> Iterator[Outcome]:
         """Process every job; yield one :class:`Outcome` per job as soon as it is known. ``jobs`` is
         read lazily: no more than ``size`` jobs wait in the pool beyond two per actor."""
-        source, self._waiting = iter(jobs), deque()
+        source, self._waiting, exhausted = iter(jobs), deque(), False
         while True:
-            while len(self._waiting) < self.size and (job := next(source, None)) is not None:
-                self._waiting.append(job)
-            if not self._waiting and all(s.job is None and s.ahead is None for s in self._slots):
+            while not exhausted and len(self._waiting) < self.size:
+                job = next(source, None)
+                exhausted = job is None
+                self._waiting.extend([job] if job is not None else [])
+            if not self._waiting and not any(s.busy for s in self._slots):
                 return
             self._fill(len(self._waiting))
-            for slot in self._slots:
-                if slot.info is not None and slot.job is None:
-                    self._next_job(slot)
-            refs = [s.job_ref if s.job is not None else s.ready_ref for s in self._slots if s.job is not None or s.info is None]
+            # Idle actors first; jobs are sent ahead only while the source has more: at the tail, a job
+            # waits for the first actor free rather than queueing behind another's.
+            for depth in range(1, JOBS_PER_ACTOR + 1 if not exhausted else 2):
+                for slot in self._slots:
+                    if slot.info is not None:
+                        self._top_up(slot, depth)
+            refs = [s.sent[0].ref if s.busy else s.ready_ref for s in self._slots if s.busy or s.info is None]
             ready, _ = ray.wait(refs, num_returns=1, timeout=self._wait_budget()) if refs else ([], [])
             for ref in ready:
                 outcome = self._settle(ref)
@@ -256,42 +272,48 @@ class RenderPool:
 
     def _fill(self, queued: int) -> None:
         """Start actors until the busy plus the queued work has one each, up to ``size``."""
-        busy = sum(1 for s in self._slots if s.job is not None)
+        busy = sum(1 for s in self._slots if s.busy)
         while len(self._slots) < min(self.size, busy + queued):
             handle = self._actor_class.remote(self.make_worker, self._driver, self.fetcher)
             self._slots.append(_Slot(handle, handle.identity.remote(), time.monotonic()))
 
-    def _next_job(self, slot: _Slot) -> None:
-        """Give an idle actor its reserved job (or the next waiting one), and reserve it the one after,
-        to prefetch while it renders."""
-        job, slot.ahead = slot.ahead or (self._waiting.popleft() if self._waiting else None), None
-        if job is None:
-            return
-        if self.fetcher is not None and self._waiting:
-            slot.ahead = self._waiting.popleft()
-            slot.handle.prefetch.remote(slot.ahead.asset)  # queued before the job: runs first, returns at once
-        self._dispatch(slot, job)
+    def _top_up(self, slot: _Slot, depth: int) -> None:
+        """Send a ready actor waiting jobs until it holds ``depth`` (fewer when it is due to be
+        recycled): each one's download starts at once, its processing when the one before ends."""
+        while len(slot.sent) < depth and self._waiting and slot.done + len(slot.sent) < self.recycle_after:
+            job = self._waiting.popleft()
+            if self.fetcher is not None:
+                slot.handle.prefetch.remote(job.asset)
+            slot.sent.append(_Sent(job, slot.handle.process.remote(job.asset, job.clips, self.asset_timeout_s)))
+            if len(slot.sent) == 1:
+                self._start_head(slot)
 
-    def _dispatch(self, slot: _Slot, job: Job) -> None:
-        slot.job = job
-        slot.job_ref = slot.handle.process.remote(job.asset, job.clips, self.asset_timeout_s)
-        slot.dispatched_at = time.monotonic()
-        slot.deadline = slot.dispatched_at + self.fetch_timeout_s + self.asset_timeout_s + ACTOR_GRACE_S
-        self._emit("dispatched", slot.info, job.asset)
+    def _start_head(self, slot: _Slot) -> None:
+        """The first job of ``slot`` is (about to be) processing: its deadline starts now."""
+        slot.head_since = time.monotonic()
+        slot.deadline = slot.head_since + self.fetch_timeout_s + self.asset_timeout_s + ACTOR_GRACE_S
+        self._emit("dispatched", slot.info, slot.sent[0].job.asset)
 
     def _wait_budget(self) -> float:
         now = time.monotonic()
-        deadlines = [s.deadline for s in self._slots if s.job is not None]
+        deadlines = [s.deadline for s in self._slots if s.busy]
         deadlines += [s.started_at + self.startup_timeout_s for s in self._slots if s.info is None]
         return max(0.0, min(deadlines, default=now + 1.0) - now)
 
     def _settle(self, ref: Any) -> Outcome | None:
-        slot = next(s for s in self._slots if ref in (s.ready_ref, s.job_ref))
+        slot = next(s for s in self._slots if ref == s.ready_ref or (s.busy and ref == s.sent[0].ref))
         if slot.info is None:
             self._settle_start(slot)
             return None
-        job, worker, seconds = slot.job, slot.info, time.monotonic() - slot.dispatched_at
-        slot.job, slot.job_ref = None, None
+        outcome = self._outcome(slot, ref)
+        if slot in self._slots and slot.busy:
+            self._start_head(slot)  # the actor went straight on to the job sent ahead
+        return outcome
+
+    def _outcome(self, slot: _Slot, ref: Any) -> Outcome:
+        """The first job of ``slot`` is done: its outcome; the slot is retired when its actor is gone,
+        has no Blender left, or is due to be recycled."""
+        job, worker, seconds = slot.sent.popleft().job, slot.info, time.monotonic() - slot.head_since
         try:
             result, next_pid = ray.get(ref)
         except RayError as exc:
@@ -342,11 +364,11 @@ class RenderPool:
         for slot in list(self._slots):
             if slot.info is None and now > slot.started_at + self.startup_timeout_s:
                 self._start_failed(slot, f"not ready after {self.startup_timeout_s:.0f} s")
-            elif slot.job is not None and now > slot.deadline:
-                if ray.wait([slot.job_ref], timeout=0)[0]:  # it finished while the caller held an outcome
-                    yield self._settle(slot.job_ref)
+            elif slot.busy and now > slot.deadline:
+                if ray.wait([slot.sent[0].ref], timeout=0)[0]:  # it finished while the caller held an outcome
+                    yield self._settle(slot.sent[0].ref)
                     continue
-                job, worker = slot.job, slot.info
+                job, worker = slot.sent.popleft().job, slot.info
                 self.stats.timeouts += 1
                 self._emit("timeout", worker, job.asset)
                 self._retire(slot)
@@ -354,16 +376,16 @@ class RenderPool:
                     job, worker, failure=RejectReason.timeout,
                     detail=f"no result after {self.asset_timeout_s + ACTOR_GRACE_S:g} s (the asset's deadline plus "
                     f"{ACTOR_GRACE_S:g} s of grace): render actor pid {worker.actor_pid} stopped answering and was killed",
-                    seconds=now - slot.dispatched_at,
+                    seconds=now - slot.head_since,
                 )
 
     def _retire(self, slot: _Slot) -> None:
-        """Kill the actor and drop its slot (its reserved job goes back to the front of the line);
-        :meth:`_fill` starts a replacement if work remains."""
+        """Kill the actor and drop its slot (the jobs sent ahead to it go back to the front of the
+        line, in order); :meth:`_fill` starts a replacement if work remains."""
         ray.kill(slot.handle, no_restart=True)
         self._slots.remove(slot)
-        if slot.ahead is not None:
-            self._waiting.appendleft(slot.ahead)
+        self._waiting.extendleft(reversed([sent.job for sent in slot.sent]))
+        slot.sent.clear()
 
     def _emit(self, kind: EventKind, worker: WorkerInfo | None, asset: AssetRef | None = None) -> None:
         if self.on_event is not None:

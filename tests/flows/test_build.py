@@ -130,7 +130,7 @@ def test_artifacts_show_counts_reasons_progress_versions_and_the_contact_sheet(d
     # the UI shows each shard as a task run of its own, completed
     shard_runs = [t for t in tasks if t.name.startswith("commit-shard")]
     assert len(shard_runs) == report.render.shards and {t.state.name for t in shard_runs} == {"Completed"}
-    by_key = {a.key: a for a in artifacts}
+    by_key = {a.key: a for a in sorted(artifacts, key=lambda a: a.created)}  # a key's latest version last
     assert set(by_key) == {
         "kp20k-stage-counts", "kp20k-rejection-reasons", "kp20k-lance-versions", "kp20k-render-progress",
         "kp20k-build-live", "kp20k-contact-sheet",

@@ -82,6 +82,10 @@ LOOKUP_CHUNK_ROWS = 1024
 # versions this long (Lance's own default) for readers pinned to one.
 MAX_FRAGMENTS = 32
 VERSION_RETENTION = timedelta(days=7)
+# Rows a compacted fragment holds: a samples row is megabytes (64 x 24 x 24 frames at 576 px is a few
+# GB a fragment); the other tables' rows are small, and one fragment holds them all.
+ROWS_PER_FRAGMENT: dict[str, int] = {"samples": 64}
+DEFAULT_ROWS_PER_FRAGMENT = 1 << 20
 # Rows of one merge_insert commit of a large write (Lance holds a merge's source in memory).
 MERGE_CHUNK_ROWS = 50_000
 
@@ -539,21 +543,31 @@ class DatasetStore:
     ) -> dict[str, tuple[int, int]]:
         """Keep every table's fragments and versions bounded; returns table -> (fragments, versions).
 
-        A table with more than ``max_fragments`` fragments is compacted (one new version, the same
-        rows); then versions older than ``keep_versions_for`` are deleted, never the latest. A reader
-        pinned to a version (training records the one it read) keeps it for that long. A table with
-        nothing to do gets no commit.
+        :meth:`compact_fragments`, then versions older than ``keep_versions_for`` are deleted, never
+        the latest: a reader pinned to a version (training records the one it read) keeps it for
+        that long. A table with nothing to do gets no commit.
         """
+        self.compact_fragments(max_fragments)
         counts = {}
         for table in TABLES:
-            dataset = self.checkout(None, table)
-            if len(dataset.get_fragments()) > max_fragments:
-                dataset.optimize.compact_files()
-            dataset = self.checkout(None, table)
-            dataset.cleanup_old_versions(older_than=keep_versions_for)
+            self.checkout(None, table).cleanup_old_versions(older_than=keep_versions_for)
             dataset = self.checkout(None, table)
             counts[table] = (len(dataset.get_fragments()), len(dataset.versions()))
         return counts
+
+    def compact_fragments(self, max_fragments: int = MAX_FRAGMENTS) -> list[TableName]:
+        """Compact each table with more than ``max_fragments`` fragments under its target size
+        (``ROWS_PER_FRAGMENT``): one new version, the same rows. Fragments already full are left as
+        they are, so a sample's bytes are rewritten about once, not at every build. Returns the
+        tables compacted (what a build does between shards: key lookups open every fragment)."""
+        compacted = []
+        for table in TABLES:
+            dataset = self.checkout(None, table)
+            target = ROWS_PER_FRAGMENT.get(table, DEFAULT_ROWS_PER_FRAGMENT)
+            if sum(f.metadata.physical_rows < target for f in dataset.get_fragments()) > max_fragments:
+                dataset.optimize.compact_files(target_rows_per_fragment=target)
+                compacted.append(table)
+        return compacted
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -129,7 +129,9 @@ class AssetWorker:
         accepted, rejected = filters.select_clips(probe, self.filters, clips)
         stage = "probe" if not probe.ok else "filter"
         result.rejections += [self._reject(asset, stage, reason, detail, clip) for clip, reason, detail in rejected]
-        present = self._present_samples(asset.sha256, accepted) if self.stage_samples else set()
+        # Samples of this asset can already be in the table only if an earlier run got as far as its
+        # probe (a kill between a shard's commits, a relaxed filter): only then is it worth a lookup.
+        present = self._present_samples(asset.sha256, accepted) if self.stage_samples and not loaded else set()
         accepted = [clip for clip in accepted if sample_key(asset.sha256, clip, self.config_hash) not in present]
         stored = self._stored_decisions(asset.sha256) if accepted else {}
         for n, clip in enumerate(accepted):

@@ -486,3 +486,21 @@ def test_sigkill_while_lance_writes_data_files_commits_nothing(tmp_path: Path) -
     (blob,) = store.take_blobs("rgb", [batch[7].sample_id])
     with blob:
         assert np.array_equal(unpack(blob), unpack(batch[7].rgb))
+
+
+def test_compaction_merges_small_fragments_and_leaves_full_ones_alone(store: DatasetStore, monkeypatch) -> None:
+    """A sample's bytes are rewritten about once: fragments already at the target size stay."""
+    import pipelines.build.store as store_module
+
+    monkeypatch.setitem(store_module.ROWS_PER_FRAGMENT, "samples", 2)
+    store.commit_staged([store.stage_samples(sha(1), [synthetic_sample(sha(1), clip=c, spec=SPEC) for c in ("a", "b")])])
+    (full,) = store.checkout().get_fragments()
+    full_files = [f.path for f in full.metadata.files]
+    store.commit_staged([store.stage_samples(sha(i), samples(range(i, i + 1))) for i in range(2, 5)])
+    assert len(store.checkout().get_fragments()) == 4  # one fragment per stage
+    rows = row_ids(store)
+    assert store.compact_fragments(max_fragments=0) == ["samples", "parts"]  # parts: two small fragments
+    fragments = store.checkout().get_fragments()
+    assert [f.path for f in fragments[0].metadata.files] == full_files  # untouched
+    assert [f.metadata.physical_rows for f in fragments] == [2, 3]  # the three small ones merged into one
+    assert row_ids(store) == rows

@@ -43,6 +43,20 @@ def committed_assets(lance: str) -> set[str]:
     return {row["sha256"] for row in table.to_table(columns=["asset"]).column("asset").to_pylist()}
 
 
+def kill_once_committed(run, lance: str, log: Path, n: int) -> set[str]:
+    """SIGKILL the build's whole process group once ``n`` assets are committed; the assets committed."""
+    try:
+        deadline = time.monotonic() + 300
+        while len(committed_assets(lance)) < n:
+            assert run.poll() is None, f"the build ended before it could be killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGKILL)
+    finally:
+        kill_session(run)
+    return committed_assets(lance)
+
+
 def test_sigkill_midway_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, prefect_stack):
     folder = tmp_path / "assets"
     assets = generate_assets(N_ASSETS, folder, seed=70)
@@ -55,16 +69,7 @@ def test_sigkill_midway_then_rerun_gives_exactly_the_uninterrupted_rows(tmp_path
          "--workers", "1", "--shard-size", "1"],
         prefect_stack, log,
     )
-    try:
-        deadline = time.monotonic() + 300
-        while len(committed_assets(killed_lance)) < 2:
-            assert run.poll() is None, f"the build ended before it could be killed:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-        os.killpg(run.pid, signal.SIGKILL)
-    finally:
-        kill_session(run)
-    done_before = committed_assets(killed_lance)
+    done_before = kill_once_committed(run, killed_lance, log, 2)
     assert 2 <= len(done_before) < N_ASSETS, "the kill must land mid-render"
 
     state = build_kinematicparts20k(
@@ -125,16 +130,7 @@ def test_sigkill_midway_on_object_storage_then_rerun_gives_exactly_the_uninterru
     killed_lance = f"{s3_store.uri}/killed"
     log = tmp_path / "killed.log"
     run = cli_build([*common, "--lance", killed_lance, "--cache-dir", str(tmp_path / "cache")], prefect_stack, log)
-    try:
-        deadline = time.monotonic() + 300
-        while len(committed_assets(killed_lance)) < 2:
-            assert run.poll() is None, f"the build ended before it could be killed:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-        os.killpg(run.pid, signal.SIGKILL)
-    finally:
-        kill_session(run)
-    done_before = committed_assets(killed_lance)
+    done_before = kill_once_committed(run, killed_lance, log, 2)
     assert 2 <= len(done_before) < len(assets), "the kill must land mid-render"
 
     rerun = finished_build([*common, "--lance", killed_lance, "--cache-dir", str(tmp_path / "cache")], prefect_stack,

@@ -382,8 +382,13 @@ def wait_for(path: Path, process: subprocess.Popen) -> None:
 
 
 def test_two_processes_writing_the_same_new_ids_add_no_duplicate(store: DatasetStore, tmp_path: Path) -> None:
+    two_writers_add_no_duplicate(store, tmp_path)
+
+
+def two_writers_add_no_duplicate(store: DatasetStore, tmp_path: Path) -> None:
+    """Two processes insert 30 ids each, 20 in common, at the same moment: 40 rows, each once."""
     go = tmp_path / "go"
-    ranges = [(0, 30), (10, 40)]  # 20 ids in common, written at the same moment
+    ranges = [(0, 30), (10, 40)]
     writers = [python(WRITER, store.uri, str(a), str(b), str(tmp_path / f"ready{a}"), str(go)) for a, b in ranges]
     for (a, _), writer in zip(ranges, writers):
         wait_for(tmp_path / f"ready{a}", writer)

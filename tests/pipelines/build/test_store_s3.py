@@ -25,7 +25,7 @@ from schemas.assets import RejectReason, Rejection
 from schemas.filters import FilterRules
 from schemas.samples import Sample
 from schemas.tables import REJECTIONS_SCHEMA, AssetRow, ProbeRow, from_table, to_row
-from tests.pipelines.build.test_store import REPO_ROOT, WRITER, asset_row, python, rejection, row_ids, samples, sha, wait_for
+from tests.pipelines.build.test_store import REPO_ROOT, asset_row, rejection, row_ids, samples, sha, two_writers_add_no_duplicate
 from tests.s3_server import S3Location, S3Server, own_s3_server
 
 
@@ -146,17 +146,7 @@ def test_openers_racing_to_create_a_new_store_all_succeed(s3_store: S3Location) 
 def test_two_processes_writing_the_same_new_ids_on_s3_add_no_duplicate(s3_store: S3Location, tmp_path: Path) -> None:
     """Lance commits on S3 with conditional writes (If-None-Match): the second commit of a version
     fails, is retried against the new one, and the primary key drops what the first inserted."""
-    store = DatasetStore(s3_store.uri)
-    go = tmp_path / "go"
-    ranges = [(0, 30), (10, 40)]
-    writers = [python(WRITER, store.uri, str(a), str(b), str(tmp_path / f"ready{a}"), str(go)) for a, b in ranges]
-    for (a, _), writer in zip(ranges, writers):
-        wait_for(tmp_path / f"ready{a}", writer)
-    go.touch()
-    added = [int(w.communicate(timeout=300)[0].strip()) for w in writers]
-    assert [w.returncode for w in writers] == [0, 0]
-    assert sum(added) == 40
-    assert row_ids(store) == Counter({s.sample_id: 1 for s in samples(range(40))})
+    two_writers_add_no_duplicate(DatasetStore(s3_store.uri), tmp_path)
 
 
 FRAGMENT_WRITER = """

@@ -257,3 +257,31 @@ def test_threads_change_no_pixel_and_no_key(tmp_path: Path) -> None:
     assert one.sample_id == two.sample_id and one.render_config == two.render_config
     for column in ("rgb", "parts", "alpha"):
         np.testing.assert_array_equal(unpack(getattr(one, column)), unpack(getattr(two, column)))
+
+
+def test_a_staging_worker_writes_a_fragment_and_renders_no_clip_already_in_the_table(tmp_path: Path) -> None:
+    """A build's worker returns fragment metadata, not samples; run again on an asset whose samples
+    are committed (a kill after the samples commit, before the assets row), it renders nothing."""
+    from pipelines.version import probe_version
+    from schemas.tables import ProbeRow
+
+    store = DatasetStore(str(tmp_path / "kp20k"))
+    asset = generate_asset("arm", 3, tmp_path)  # two clips: wave and reach
+    results = []
+    for _ in range(2):
+        worker = AssetWorker(SPEC, FilterRules(), threads=2, log_path=tmp_path / "worker.log", lance_uri=store.uri,
+                             stage_samples=True)
+        try:
+            results.append(worker.process(asset))
+        finally:
+            worker.close()
+        staged = results[-1].staged
+        assert not results[-1].samples and staged is not None
+        assert store.commit_staged([staged]) == (len(staged.sample_ids), {asset.sha256})
+        store.write_probes([ProbeRow(sha256=asset.sha256, probe_version=probe_version(), probe=results[-1].probe)])
+    first, second = results
+    keys = sorted(sample_key(asset.sha256, clip, SPEC.config_hash()) for clip in ("reach", "wave"))
+    assert sorted(first.staged.sample_ids) == keys and first.n_renders > 0
+    assert (second.staged.sample_ids, second.staged.fragments, second.n_renders) == ((), (), 0)
+    assert sorted(second.staged.present_ids) == keys
+    assert sorted(store.read_samples(columns=["sample_id"]).column("sample_id").to_pylist()) == keys

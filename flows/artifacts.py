@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -47,8 +47,8 @@ class SheetEntry:
     """One sample on the contact sheet: a label and its RGB and part frame packs."""
 
     label: str
-    rgb: bytes
-    parts: bytes
+    rgb: bytes | BinaryIO  # a frame pack, or a lazy file over one (``DatasetStore.take_blobs``)
+    parts: bytes | BinaryIO
 
 
 def contact_sheet_png(entries: list[SheetEntry], tile: int = TILE) -> bytes:

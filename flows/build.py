@@ -388,8 +388,12 @@ def stored_sheet_entries(
     if not ids:
         return []
     where = f"sample_id IN ({', '.join(map(sql_literal, ids))})"
-    rows = store.read_samples(columns=["file_identifier", "clip", "rgb", "parts"], filter=where).to_pylist()
-    return [SheetEntry(f"{r['file_identifier']} {r['clip']}", r["rgb"], r["parts"]) for r in rows]
+    rows = store.read_samples(columns=["sample_id", "file_identifier", "clip"], filter=where).to_pylist()
+    ids = [r["sample_id"] for r in rows]
+    # Lazy blob files: the sheet reads the first frame of each view, never a whole frame pack
+    # (hundreds of MB a sample at 24 x 24 x 576 px) into the driver.
+    rgb, parts = store.take_blobs("rgb", ids), store.take_blobs("parts", ids)
+    return [SheetEntry(f"{r['file_identifier']} {r['clip']}", c, p) for r, c, p in zip(rows, rgb, parts)]
 
 
 def _worker_factory(spec: RenderSpec, filters: FilterRules, log_dir: str, lance_uri: str) -> Any:

@@ -114,17 +114,7 @@ def commit_shard(
     probes (for every later render configuration), and last the ``assets`` rows, the marker of
     finished work, for the assets whose samples are all in. Returns (samples, rejections, assets
     added, the ids of the samples added)."""
-    store = DatasetStore(lance_uri)
-    samples_added, complete = store.commit_staged(staged)
-    rejections_added = store.write_rejections(rejections)
-    store.write_probes(probes)
-    staged_sha256 = {s.sha256 for s in staged}
-    assets_added = store.write_assets(a for a in assets if a.asset.sha256 in complete or a.asset.sha256 not in staged_sha256)
-    added_ids = [i for s in staged if s.sha256 in complete and s.fragments for i in s.sample_ids]
-    # Every shard adds fragments (one per asset to samples); a key lookup opens each, so they are
-    # merged as the build goes, not only at its end. Versions are cleaned at the end (compact task).
-    store.compact_fragments()
-    return samples_added, rejections_added, assets_added, added_ids
+    return DatasetStore(lance_uri).commit_shard(staged, rejections, probes, assets)
 
 
 @task(name="render", cache_policy=NO_CACHE)

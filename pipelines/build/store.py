@@ -416,6 +416,24 @@ class DatasetStore:
         self.write_part_decisions(d for s in staged if s.sha256 in complete for d in s.part_decisions)
         return sum(len(s.sample_ids) for s in appended), complete
 
+    def commit_shard(
+        self, staged: Sequence[StagedSamples], rejections: Iterable[Rejection], probes: Iterable[ProbeRow],
+        assets: Iterable[AssetRow],
+    ) -> tuple[int, int, int, list[str]]:
+        """A build's shard, in the order that makes a kill between commits safe: the staged samples
+        (one version), the rejections, the probes, and last the ``assets`` rows (the marker of
+        finished work) of the assets whose samples are all in. Returns (samples, rejections, assets
+        added, the ids of the samples added). Then fragments are merged (:meth:`compact_fragments`):
+        every shard adds one samples fragment per asset, and a key lookup opens each."""
+        samples_added, complete = self.commit_staged(staged)
+        rejections_added = self.write_rejections(rejections)
+        self.write_probes(probes)
+        staged_sha256 = {s.sha256 for s in staged}
+        assets_added = self.write_assets(a for a in assets if a.asset.sha256 in complete or a.asset.sha256 not in staged_sha256)
+        added_ids = [i for s in staged if s.sha256 in complete and s.fragments for i in s.sample_ids]
+        self.compact_fragments()
+        return samples_added, rejections_added, assets_added, added_ids
+
     def present_keys(self, table: TableName, keys: Sequence[str], chunk: int = LOOKUP_CHUNK_ROWS) -> set[str]:
         """The ones of ``keys`` already in ``table`` (a filtered scan of the key column only)."""
         column, found = KEY_COLUMN[table], set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from pipelines.build.colour import decode_part_image
 from pipelines.build.framepack import unpack
 from pipelines.build.sources.procedural import KINDS, generate_asset
-from pipelines.build.store import DatasetStore
+from pipelines.build.store import TRANSIENT_REASONS, DatasetStore
 from pipelines.version import code_version
 from pipelines.build.worker import AssetWorker
 from schemas.assets import AssetRef, RejectReason
@@ -285,3 +286,25 @@ def test_a_staging_worker_writes_a_fragment_and_renders_no_clip_already_in_the_t
     assert (second.staged.sample_ids, second.staged.fragments, second.n_renders) == ((), (), 0)
     assert sorted(second.staged.present_ids) == keys
     assert sorted(store.read_samples(columns=["sample_id"]).column("sample_id").to_pylist()) == keys
+
+
+def test_samples_the_worker_cannot_write_are_rejected_as_write_failed_and_retried_later(tmp_path: Path) -> None:
+    """Storage that refuses the fragment (here the table's data folder is a file) costs the asset's
+    samples a transient ``write_failed`` rejection naming the table, never the worker."""
+    store = DatasetStore(str(tmp_path / "kp20k"))
+    data = Path(store.uri) / "samples.lance" / "data"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(data, ignore_errors=True)
+    data.write_bytes(b"not a folder")
+    asset = generate_asset("arm", 3, tmp_path)
+    worker = AssetWorker(SPEC, FilterRules(), threads=2, log_path=tmp_path / "worker.log", lance_uri=store.uri,
+                         stage_samples=True)
+    try:
+        result = worker.process(asset)
+    finally:
+        worker.close()
+    assert result.staged is None and not result.samples
+    assert sorted((r.stage, r.reason, r.clip) for r in result.rejections) == [
+        ("write", RejectReason.write_failed, "reach"), ("write", RejectReason.write_failed, "wave")]
+    assert all(store.uri in r.detail for r in result.rejections)
+    assert RejectReason.write_failed in TRANSIENT_REASONS

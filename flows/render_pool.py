@@ -249,7 +249,9 @@ class RenderPool:
         read lazily: no more than ``size`` jobs wait in the pool beyond two per actor."""
         source, self._waiting, exhausted = iter(jobs), deque(), False
         while True:
-            while not exhausted and len(self._waiting) < self.size:
+            # ``size`` waiting beyond what the ready actors can take now (two each)
+            room = sum(JOBS_PER_ACTOR - len(s.sent) for s in self._slots if s.info is not None)
+            while not exhausted and len(self._waiting) < self.size + room:
                 job = next(source, None)
                 exhausted = job is None
                 self._waiting.extend([job] if job is not None else [])

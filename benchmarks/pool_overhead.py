@@ -6,8 +6,8 @@ flight) against the same stand-in worker called in a plain loop in this process,
 Both use ``benchmarks/standin_worker.py``: the fetcher writes a 64 KB placeholder into a cache and
 evicts it, the worker sleeps ``--sleep`` s and stages one 4 x 4 x 64 px sample in a Lance table.
 No Prefect. Prints ms per asset for the loop and the pool, and their ratio. ``--recycle-after``
-shows what recycling costs: each recycle starts a fresh actor and worker process, during which a
-pool of one renders nothing.
+shows what recycling costs: each recycle replaces the actor's worker process by a spare started
+ahead (so no wait), whose start still takes CPU beside the work.
 """
 
 from __future__ import annotations

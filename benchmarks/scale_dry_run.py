@@ -27,7 +27,10 @@ and a build whose rendering is a stand-in.
    commit in shards) in one process, in a fresh process with its own Prefect home: wall times,
    discovery+prefilter, time to the first sample, peak RSS of the driver, the render actor and its
    worker process, driver bytes received per asset (a pickled worker result), shards, table versions
-   and (fragments, versions) after the build's upkeep, the Prefect database's size.
+   and (fragments, versions) after the build's upkeep, the Prefect database's size. ``--recycle-after``
+   sets how many assets a worker process serves before a fresh one replaces it (the build's default,
+   100, is meant for Blenders that take minutes an asset: with a stand-in of no time a fresh worker
+   process starts every second or so, and its start's CPU is most of what the flow costs over the loop).
 
 Aims (issue 10): over 10M rows at most 2 min and 1.5 GB, memory flat from 1M to 10M rows; for the
 build, orchestration at most 10% over the loop and under 64 KB of driver traffic per asset.
@@ -217,7 +220,8 @@ build._record = timed
 t = time.perf_counter()
 state = build.build_kinematicparts20k(source={{"kind": "objaverse-xl", "objaverse_dir": str(annotations), "offline": True}},
                                       limit=limit, render=spec.model_dump(), lance_uri=str(work / "flow.lance"),
-                                      cache_dir=str(work / "flow-cache"), pool_size=1, shard_size=shard_size, return_state=True)
+                                      cache_dir=str(work / "flow-cache"), pool_size=1, shard_size=shard_size,
+                                      recycle_after={recycle_after!r}, return_state=True)
 flow_s = time.perf_counter() - t
 report = state.result()
 flow_store = DatasetStore(str(work / "flow.lance"))
@@ -228,7 +232,7 @@ print(json.dumps({{
     "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "actor_peak_rss_mb": peaks["actor"] / 2**20, "worker_peak_rss_mb": peaks["worker"] / 2**20,
     "driver_bytes_per_asset": bytes_per_asset, "shards": report.render.shards,
-    "versions_before_compaction": {{k: v for k, v in report.versions.items()}},
+    "latest_versions": {{k: v for k, v in report.versions.items()}},
     "tables_after": {{t: [len(flow_store.checkout(table=t).get_fragments()), len(flow_store.checkout(table=t).versions())] for t in TABLES}},
     "prefect_db_mb": os.path.getsize(Path(os.environ["PREFECT_HOME"]) / "prefect.db") / 2**20,
     "flow_cache_files": sum(1 for _ in (work / "flow-cache").rglob("*.glb")),
@@ -236,12 +240,12 @@ print(json.dumps({{
 """
 
 
-def dry_run_build(annotations: Path, n_assets: int, grid: dict, sleep_s: float, shard: int, work: Path) -> dict:
+def dry_run_build(annotations: Path, n_assets: int, grid: dict, sleep_s: float, shard: int, recycle_after: int, work: Path) -> dict:
     """A build of ``n_assets`` candidates of the annotation tables at ``annotations`` with the
     stand-ins, against a plain loop of the same stages, in a fresh process with its own Prefect home."""
     work.mkdir(parents=True)
     code = CHILD_BUILD.format(repo=str(REPO), bench=str(REPO / "benchmarks"), spec=grid, sleep=sleep_s, work=str(work),
-                              shard=shard, limit=n_assets, annotations=str(annotations))
+                              shard=shard, limit=n_assets, annotations=str(annotations), recycle_after=recycle_after)
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect"),
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
@@ -268,6 +272,8 @@ def main() -> None:
     parser.add_argument("--grid", default="4x4x64", help="dry-run build: views x frames x resolution of the stand-in's sample")
     parser.add_argument("--sleep", type=float, default=0.05, help="dry-run build: seconds the stand-in 'renders' an asset")
     parser.add_argument("--shard", type=int, default=64, help="dry-run build: assets committed together (the build's default)")
+    parser.add_argument("--recycle-after", type=int, default=100,
+                        help="dry-run build: assets a worker process serves before it is replaced (the build's default)")
     args = parser.parse_args()
     sizes = [int(r) for r in args.rows.split(",") if r]
     summary: dict[str, dict] = {}
@@ -298,15 +304,17 @@ def main() -> None:
             views, frames, resolution = (int(x) for x in args.grid.split("x"))
             grid = {"n_views": views, "n_frames": frames, "resolution": resolution}
             for n in sizes:
-                b = summary[f"build-{n}"] = dry_run_build(tables[n], args.build, grid, args.sleep, args.shard, Path(tmp) / f"build-{n}")
+                b = summary[f"build-{n}"] = dry_run_build(tables[n], args.build, grid, args.sleep, args.shard, args.recycle_after,
+                                                            Path(tmp) / f"build-{n}")
                 print(f"dry-run build over {n:,} rows, {b['assets']} assets, stand-in {args.sleep} s/asset, grid {args.grid}, "
+                      f"recycled after {args.recycle_after}, "
                       f"1 worker: flow {b['flow_s']:.1f} s vs plain loop {b['loop_s']:.1f} s ({b['assets'] / b['flow_s']:.1f} vs "
                       f"{b['assets'] / b['loop_s']:.1f} assets/s, overhead {b['flow_s'] / b['loop_s'] - 1:+.0%}); "
                       f"discovery+prefilter {b['flow_discovery_s']:.1f} s (loop {b['loop_discovery_s']:.1f} s); first sample at "
                       f"{b['flow_first_sample_s']:.1f} s (loop {b['loop_first_sample_s']:.1f} s); peak RSS driver "
                       f"{b['driver_peak_rss_mb']:.0f} MB, render actor {b['actor_peak_rss_mb']:.0f} MB, worker "
                       f"{b['worker_peak_rss_mb']:.0f} MB; driver receives {b['driver_bytes_per_asset'] / 1024:.1f} KB per asset; "
-                      f"{b['shards']} shards; versions {b['versions_before_compaction']}, (fragments, versions) after upkeep "
+                      f"{b['shards']} shards; latest versions {b['latest_versions']}, (fragments, versions kept) after upkeep "
                       f"{b['tables_after']}; Prefect database {b['prefect_db_mb']:.1f} MB; {b['flow_cache_files']} downloads "
                       f"left in the cache", flush=True)
     if args.baseline_rows:

@@ -10,8 +10,14 @@ Blender log ends. The actor survives and starts a fresh Blender for the next ass
 Deadlines are kept here too: a child that gives no result within the asset's deadline (a hang, a
 deadlock, a SIGSTOP) is killed, reported as a timeout, and replaced.
 
-The child dies with its supervisor (``PR_SET_PDEATHSIG``), so killing an actor never leaves a Blender
-behind, and its temporary files (renders in flight, EXR passes) go to a scratch folder of its own,
+Recycling is here as well: given ``recycle_after``, a child is ended after that many assets (long-lived
+Blenders leak and have been seen to hang) and a spare takes its place. The spare is started while the
+old child still works, as late as it can be and still be ready in time (at the last asset when assets
+take minutes), so a recycle costs no wait; a child that dies while a spare loads is replaced by it.
+
+The child dies with its supervisor (``PR_SET_PDEATHSIG``; children are started from one thread of the
+supervisor that lives as long as it, since that signal follows the starting *thread*), so killing an
+actor never leaves a Blender behind, and its temporary files (renders in flight, EXR passes) go to a scratch folder of its own,
 ``<tmp>/kp20k-blender/<supervisor pid>.<n>``, removed when the child ends; folders of supervisors that
 were killed are removed by the next supervisor that starts. Messages travel over a socket pair (``multiprocessing.connection``): the first carries the
 supervisor's ``sys.path`` and the pickled worker factory, then one message per asset each way.
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -72,18 +79,54 @@ class ExitStatus:
         return os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else None
 
 
-class SupervisedWorker:
-    """``make_worker()`` built and run in a child process; :meth:`process` never raises for the child's death."""
+class _Child:
+    """One Blender process: its channel, its scratch folder, and whether its worker is built yet."""
 
-    def __init__(self, make_worker: Callable[[], Any], startup_timeout_s: float = STARTUP_TIMEOUT_S):
+    def __init__(self, factory: bytes):
+        ours, theirs = socket.socketpair()
+        self.oom_kills_at_start = oom_kill_count()
+        self.scratch: Path | None = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}.", dir=SCRATCH_ROOT))
+        self.spawned_at = time.monotonic()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "flows.blender_process", str(theirs.fileno()), str(os.getpid())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": str(self.scratch)},
+        )
+        theirs.close()
+        self.conn: Connection | None = Connection(ours.detach())
+        self.conn.send((list(sys.path), factory))
+        self.log_path: str | None = None
+        self.ready = False
+        self.processed = 0  # assets this process answered
+        self.busy_s = 0.0  # the time it spent on them
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+class SupervisedWorker:
+    """``make_worker()`` built and run in a child process; :meth:`process` never raises for the child's death.
+
+    With ``recycle_after``, a child is replaced after that many assets, by a spare started early enough
+    to be ready when it is needed (see :meth:`_spare_due`): a recycle costs no waiting for a Blender.
+    """
+
+    def __init__(self, make_worker: Callable[[], Any], startup_timeout_s: float = STARTUP_TIMEOUT_S,
+                 recycle_after: int | None = None):
         from ray import cloudpickle  # pickles the factory by value where its module is not importable
 
         self._factory = cloudpickle.dumps(make_worker)
         self._startup_timeout_s = startup_timeout_s
-        self._child: subprocess.Popen | None = None
-        self._conn: Connection | None = None
-        self._scratch: Path | None = None
-        self.log_path: str | None = None
+        self._recycle_after = recycle_after
+        self._child: _Child | None = None
+        self._spare: _Child | None = None
+        self._start_s = 0.0  # how long the last child took to become ready
+        # Children are started from this one thread, whichever thread asks: PR_SET_PDEATHSIG fires when
+        # the *thread* that started a child ends, and a caller's thread may end before its child should.
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="blender-spawner")
+        self.recycled = 0
         SCRATCH_ROOT.mkdir(parents=True, exist_ok=True)
         remove_dead_owners(SCRATCH_ROOT)
         self.start()
@@ -92,95 +135,142 @@ class SupervisedWorker:
     def pid(self) -> int | None:
         return self._child.pid if self._child is not None else None
 
+    @property
+    def log_path(self) -> str | None:
+        return self._child.log_path if self._child is not None else None
+
     def start(self) -> None:
-        ours, theirs = socket.socketpair()
-        self._oom_kills_at_start = oom_kill_count()
-        self._scratch = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}.", dir=SCRATCH_ROOT))
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", "flows.blender_process", str(theirs.fileno()), str(os.getpid())],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "TMPDIR": str(self._scratch)},
-        )
-        theirs.close()
-        self._conn = Connection(ours.detach())
-        self._conn.send((list(sys.path), self._factory))
-        if not self._conn.poll(self._startup_timeout_s):
-            self._kill()
-            self._reap()
-            self._drop_scratch()
-            raise WorkerStartError(f"Blender worker pid {self._child.pid} not ready after {self._startup_timeout_s:.0f} s")
+        """Make the spare (if one is loading) or a new child the current one, and wait until it is ready."""
+        child, self._spare = self._spare or self._spawn(), None
+        self._child = child
         try:
-            kind, payload = self._conn.recv()
-        except (EOFError, OSError):
-            raise WorkerStartError(f"Blender worker died while starting: {self._reap_and_explain()}") from None
-        if kind != "ready":
-            self._reap()
-            self._drop_scratch()
-            raise WorkerStartError(payload)
-        self.log_path = payload
+            self._await_ready(child)
+        except WorkerStartError:
+            self._child = None
+            raise
 
     def process(self, asset: AssetRef, clips: list[str] | None, timeout_s: float) -> Any:
         """The worker's result for ``asset``, or a :class:`WorkerDeath` (then a fresh child is started)."""
-        assert self._conn is not None and self._child is not None
-        pid = self._child.pid
+        assert self._child is not None and self._child.conn is not None
+        child = self._child
+        if self._spare_due(child):
+            self._spare = self._spawn()  # it loads while this child works
+        started = time.monotonic()
         try:
-            self._conn.send((asset, clips))
+            child.conn.send((asset, clips))
         except OSError:
             return self._died(RejectReason.crashed, "")
-        if not self._conn.poll(timeout_s):
-            self._kill()
-            return self._died(RejectReason.timeout, f"no result after {timeout_s:g} s; Blender worker pid {pid} killed; ")
+        if not child.conn.poll(timeout_s):
+            self._kill(child)
+            return self._died(RejectReason.timeout, f"no result after {timeout_s:g} s; Blender worker pid {child.pid} killed; ")
         try:
-            kind, payload = self._conn.recv()
+            kind, payload = child.conn.recv()
         except (EOFError, OSError):
             return self._died(RejectReason.crashed, "")
+        child.processed += 1
+        child.busy_s += time.monotonic() - started
+        if self._recycle_after is not None and child.processed >= self._recycle_after:
+            self._recycle()
         if kind == "error":  # an exception escaped the worker; the child is still up
-            return WorkerDeath(RejectReason.crashed, f"the worker raised {payload}", pid)
+            return WorkerDeath(RejectReason.crashed, f"the worker raised {payload}", child.pid)
         return payload
 
     def close(self) -> None:
-        if self._child is not None and self._child.returncode is None:
-            self._kill()
-            self._reap()
-        self._drop_scratch()
-        self._child = None
+        for child in (self._child, self._spare):
+            if child is not None:
+                self._end(child)
+        self._child = self._spare = None
+        self._spawner.shutdown(wait=False)
+
+    def _spawn(self) -> _Child:
+        return self._spawner.submit(_Child, self._factory).result()
+
+    # -- recycling -----------------------------------------------------------------------------
+
+    def _spare_due(self, child: _Child) -> bool:
+        """Start the spare when what is left of this child's life, at its pace so far, is within twice
+        a Blender's start (a start runs slower beside a render): at the last asset for real renders
+        (minutes each), at once for work that takes no time."""
+        if self._recycle_after is None or self._spare is not None:
+            return False
+        left = self._recycle_after - child.processed
+        return left <= 1 or (child.processed > 0 and left * child.busy_s / child.processed <= 2 * self._start_s)
+
+    def _recycle(self) -> None:
+        """End the current child and make the spare current (a fresh one if its start failed): never
+        raises; with no Blender left, ``pid`` is None and the actor is retired by the pool."""
+        self._end(self._child)
+        self.recycled += 1
+        try:
+            self.start()
+        except WorkerStartError:
+            try:
+                self.start()
+            except WorkerStartError:
+                pass
+
+    def _await_ready(self, child: _Child) -> None:
+        if child.ready:
+            return
+        left = max(0.0, child.spawned_at + self._startup_timeout_s - time.monotonic())
+        if not child.conn.poll(left):
+            self._end(child)
+            raise WorkerStartError(f"Blender worker pid {child.pid} not ready after {self._startup_timeout_s:.0f} s")
+        try:
+            kind, payload = child.conn.recv()
+        except (EOFError, OSError):
+            raise WorkerStartError(f"Blender worker died while starting: {self._reap_and_explain(child)}") from None
+        if kind != "ready":
+            self._end(child)
+            raise WorkerStartError(payload)
+        child.ready, child.log_path = True, payload
+        self._start_s = time.monotonic() - child.spawned_at
 
     # -- deaths --------------------------------------------------------------------------------
 
     def _died(self, reason: RejectReason, prefix: str) -> WorkerDeath:
-        pid = self._child.pid
-        death = WorkerDeath(reason, prefix + self._reap_and_explain(), pid)
+        child = self._child
+        death = WorkerDeath(reason, prefix + self._reap_and_explain(child), child.pid)
         try:
             self.start()
         except WorkerStartError:
-            self._child = None  # the next process() fails; the pool retires this actor
+            pass  # no Blender: the pool retires this actor
         return death
 
-    def _kill(self) -> None:
+    @staticmethod
+    def _kill(child: _Child) -> None:
         try:
-            os.kill(self._child.pid, signal.SIGKILL)
+            os.kill(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
-    def _reap(self) -> ExitStatus:
-        pid, status, usage = os.wait4(self._child.pid, 0)
-        self._child.returncode = -1  # reaped here; Popen must not wait for it again
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def _end(self, child: _Child) -> None:
+        """Kill and reap ``child`` if it still runs, and remove its scratch folder."""
+        if child.popen.returncode is None:
+            self._kill(child)
+            self._reap(child)
+        self._drop_scratch(child)
+
+    @staticmethod
+    def _reap(child: _Child) -> ExitStatus:
+        pid, status, usage = os.wait4(child.pid, 0)
+        child.popen.returncode = -1  # reaped here; Popen must not wait for it again
+        if child.conn is not None:
+            child.conn.close()
+            child.conn = None
         return ExitStatus(pid, status, usage.ru_maxrss)
 
-    def _reap_and_explain(self) -> str:
-        exit_status = self._reap()
-        why = explain_death(exit_status, self._oom_kills_at_start, oom_kill_count(), self.log_path)
-        self._drop_scratch()  # after the log (which may live there) was read
+    def _reap_and_explain(self, child: _Child) -> str:
+        exit_status = self._reap(child)
+        why = explain_death(exit_status, child.oom_kills_at_start, oom_kill_count(), child.log_path)
+        self._drop_scratch(child)  # after the log (which may live there) was read
         return why
 
-    def _drop_scratch(self) -> None:
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+    @staticmethod
+    def _drop_scratch(child: _Child) -> None:
+        if child.scratch is not None:
+            shutil.rmtree(child.scratch, ignore_errors=True)
+            child.scratch = None
 
 
 def explain_death(exit_status: ExitStatus, oom_before: int | None, oom_after: int | None, log_path: str | None) -> str:

@@ -65,7 +65,7 @@ from pipelines.build.sources.objaverse_xl import (
     sketchfab_object_paths_file,
 )
 from pipelines.build.sources.procedural import generate_assets
-from pipelines.build.store import DatasetStore, StagedSamples, absolute_uri, sql_literal
+from pipelines.build.store import TABLES, DatasetStore, StagedSamples, absolute_uri, sql_literal
 from pipelines.files import keep_newest
 from pipelines.version import code_version, probe_version
 from schemas.assets import AssetRef, ProbeReport, Rejection, RejectReason
@@ -181,11 +181,12 @@ def _render_in_pool(
 
 
 @task(name="compact", cache_policy=NO_CACHE)
-def compact_tables(lance_uri: str) -> dict[str, tuple[int, int]]:
-    """Fragments and versions kept bounded (``DatasetStore.compact``): table -> (fragments, versions).
+def compact_tables(lance_uri: str, since: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Fragments and versions kept bounded (``DatasetStore.compact``; ``since``: the versions this build
+    started from, the ones it made after them go): table -> (fragments, versions).
     Upkeep never fails a build whose rows are committed: a failure is logged and tried by the next."""
     try:
-        return DatasetStore(lance_uri).compact()
+        return DatasetStore(lance_uri).compact(since=since)
     except (OSError, ValueError) as exc:
         get_run_logger().warning("tables not compacted: %s", f"{type(exc).__name__}: {exc}"[:300])
         return {}
@@ -241,6 +242,7 @@ def run_build(params: BuildParams) -> BuildReport:
     store = DatasetStore(params.lance_uri)
     build = BuildReport(lance_uri=params.lance_uri, config_hash=config_hash, code_version=code_version())
     build.versions_before = _versions(store)
+    started_from = {table: store.version(table) for table in TABLES}
     build.dead_runs = find_dead_runs(params.lance_uri)
 
     candidates = Path(params.cache_dir) / "candidates"
@@ -272,7 +274,7 @@ def run_build(params: BuildParams) -> BuildReport:
     build.fetch_rejected = sum(n for reason, n in reasons.items() if reason.startswith("fetch/"))
     build.fetched = len(build.render.processed_sha256) - build.fetch_rejected
     build.rejection_reasons = dict(Counter(found.reasons) + reasons)
-    build.tables = compact_tables(params.lance_uri)
+    build.tables = compact_tables(params.lance_uri, started_from)
     build.versions = _versions(store)
     build = publish(build, sheet_ids, params.cache_dir, rejections[:REJECTED_ASSET_ROWS])
     clock.lap(build, "report")

@@ -8,7 +8,9 @@ The pool owns the failure modes of a Blender process so that each costs one asse
 - a hang: the actor kills a Blender that misses the asset's deadline (a ``timeout`` outcome); if the
   actor itself stops answering, the pool kills it after a grace period and starts another;
 - an actor that dies (Ray's memory monitor, a lost node): a ``crashed`` outcome with Ray's cause;
-- slow leaks: an actor is replaced after ``recycle_after`` assets;
+- slow leaks: an actor's Blender is replaced after ``recycle_after`` assets, by a spare the actor
+  starts while the old one works (:class:`flows.blender_process.SupervisedWorker`), so recycling
+  costs no wait for a Blender to start and the actor itself lives on;
 - a dead driver: each actor watches the process that started the pool and exits within a couple of
   seconds of its death, whatever process group it is in (its Blender dies with it).
 
@@ -120,8 +122,9 @@ class PoolStats:
 class _RenderActor:
     """Runs inside a Ray worker process: supervises one Blender child, processes assets one by one."""
 
-    def __init__(self, make_worker: Callable[[], Any], driver: ProcessIdentity | None = None, fetcher: Any = None):
-        self._worker = SupervisedWorker(make_worker)
+    def __init__(self, make_worker: Callable[[], Any], driver: ProcessIdentity | None = None, fetcher: Any = None,
+                 recycle_after: int | None = None):
+        self._worker = SupervisedWorker(make_worker, recycle_after=recycle_after)
         self._fetcher = fetcher
         self._downloads = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
         self._ahead: dict[str, Future] = {}
@@ -140,9 +143,10 @@ class _RenderActor:
         if self._fetcher is not None and asset.sha256 not in self._ahead:
             self._ahead[asset.sha256] = self._downloads.submit(self._fetcher.fetch, asset)
 
-    def process(self, asset: AssetRef, clips: list[str] | None, timeout_s: float) -> tuple[Any, int]:
-        """(the worker's result, a :class:`WorkerDeath` or an :class:`Unfetched`, the pid of the
-        Blender that takes the next asset)."""
+    def process(self, asset: AssetRef, clips: list[str] | None, timeout_s: float) -> tuple[Any, int, int]:
+        """(the worker's result, a :class:`WorkerDeath` or an :class:`Unfetched`; the pid of the
+        Blender that takes the next asset, 0 if none could start; how many Blenders were recycled
+        so far)."""
         if self._worker.pid is None:
             self._worker.start()  # the last restart failed: try once more, or raise and be retired
         if self._fetcher is not None:
@@ -150,11 +154,12 @@ class _RenderActor:
             try:
                 asset = download.result()
             except ReasonError as exc:
-                return Unfetched(RejectReason(exc.reason), exc.detail), self._worker.pid or 0
+                return Unfetched(RejectReason(exc.reason), exc.detail), self._worker.pid or 0, self._worker.recycled
             except Exception as exc:  # noqa: BLE001 - a fetcher's bug costs this asset, retried by a refresh
-                return Unfetched(RejectReason.download_failed, _one_line(exc)), self._worker.pid or 0
+                return Unfetched(RejectReason.download_failed, _one_line(exc)), self._worker.pid or 0, self._worker.recycled
         try:
-            return self._worker.process(asset, clips, timeout_s), self._worker.pid or 0
+            result = self._worker.process(asset, clips, timeout_s)
+            return result, self._worker.pid or 0, self._worker.recycled
         finally:
             if self._fetcher is not None:
                 try:
@@ -191,7 +196,7 @@ class _Slot:
     sent: deque[_Sent] = field(default_factory=deque)  # in the actor's order; the first is rendering
     head_since: float = 0.0  # when the first of ``sent`` started
     deadline: float = 0.0  # for the first of ``sent``
-    done: int = 0
+    recycled: int = 0  # Blenders this actor replaced so far
 
     @property
     def busy(self) -> bool:
@@ -276,13 +281,13 @@ class RenderPool:
         """Start actors until the busy plus the queued work has one each, up to ``size``."""
         busy = sum(1 for s in self._slots if s.busy)
         while len(self._slots) < min(self.size, busy + queued):
-            handle = self._actor_class.remote(self.make_worker, self._driver, self.fetcher)
+            handle = self._actor_class.remote(self.make_worker, self._driver, self.fetcher, self.recycle_after)
             self._slots.append(_Slot(handle, handle.identity.remote(), time.monotonic()))
 
     def _top_up(self, slot: _Slot, depth: int) -> None:
-        """Send a ready actor waiting jobs until it holds ``depth`` (fewer when it is due to be
-        recycled): each one's download starts at once, its processing when the one before ends."""
-        while len(slot.sent) < depth and self._waiting and slot.done + len(slot.sent) < self.recycle_after:
+        """Send a ready actor waiting jobs until it holds ``depth``: each one's download starts at once,
+        its processing when the one before ends."""
+        while len(slot.sent) < depth and self._waiting:
             job = self._waiting.popleft()
             if self.fetcher is not None:
                 slot.handle.prefetch.remote(job.asset)
@@ -313,18 +318,27 @@ class RenderPool:
         return outcome
 
     def _outcome(self, slot: _Slot, ref: Any) -> Outcome:
-        """The first job of ``slot`` is done: its outcome; the slot is retired when its actor is gone,
-        has no Blender left, or is due to be recycled."""
+        """The first job of ``slot`` is done: its outcome; the slot is retired when its actor is gone
+        or has no Blender left."""
         job, worker, seconds = slot.sent.popleft().job, slot.info, time.monotonic() - slot.head_since
         try:
-            result, next_pid = ray.get(ref)
+            result, next_pid, recycled = ray.get(ref)
         except RayError as exc:
             self.stats.crashes += 1
             self._emit("crashed", worker, job.asset)
             self._retire(slot)
             return Outcome(job, worker, failure=RejectReason.crashed, detail=_actor_death(exc, worker), seconds=seconds)
-        slot.done += 1
+        outcome = self._judge(job, worker, result, seconds)
         slot.info = replace(worker, pid=next_pid)
+        for _ in range(recycled - slot.recycled):
+            self.stats.recycled += 1
+            self._emit("recycled", worker)
+        slot.recycled = recycled
+        if not next_pid:  # no fresh Blender could start in this actor
+            self._retire(slot)
+        return outcome
+
+    def _judge(self, job: Job, worker: WorkerInfo, result: Any, seconds: float) -> Outcome:
         if isinstance(result, Unfetched):
             return Outcome(job, worker, failure=result.reason, detail=result.detail, seconds=seconds, stage="fetch")
         if isinstance(result, WorkerDeath):
@@ -333,14 +347,8 @@ class RenderPool:
             else:
                 self.stats.crashes += 1
             self._emit("timeout" if result.reason is RejectReason.timeout else "crashed", worker, job.asset)
-            if not next_pid:  # no fresh Blender could start in this actor
-                self._retire(slot)
             return Outcome(job, worker, failure=result.reason, detail=result.detail, seconds=seconds)
         self._emit("finished", worker, job.asset)
-        if slot.done >= self.recycle_after:
-            self.stats.recycled += 1
-            self._emit("recycled", worker)
-            self._retire(slot)
         return Outcome(job, worker, result=result, seconds=seconds)
 
     def _settle_start(self, slot: _Slot) -> None:

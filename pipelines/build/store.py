@@ -35,7 +35,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import lance
 import lance.fragment
@@ -277,6 +277,19 @@ def open_table(
             raise failure from None  # not chained: Lance's own text is in the message, credentials removed
         missing = "no such table" if version is None else f"no version {version}"
         raise StoreError("version_not_found", f"{path}: {missing} ({exc})") from exc
+
+
+def tag_pinned(dataset: lance.LanceDataset) -> str:
+    """Tag the version ``dataset`` is at (``pinned-v<N>``) so that no clean-up deletes it: what a
+    training run does to the version it reads. Two runs may pin the same version; returns the tag."""
+    name = f"pinned-v{dataset.version}"
+    if name not in dataset.tags.list():
+        try:
+            dataset.tags.create(name, dataset.version)
+        except ValueError as exc:
+            if "already exists" not in str(exc):
+                raise
+    return name
 
 
 class DatasetStore:
@@ -557,18 +570,29 @@ class DatasetStore:
     # -- upkeep ------------------------------------------------------------------------------
 
     def compact(
-        self, max_fragments: int = MAX_FRAGMENTS, keep_versions_for: timedelta = VERSION_RETENTION
+        self,
+        max_fragments: int = MAX_FRAGMENTS,
+        keep_versions_for: timedelta = VERSION_RETENTION,
+        since: Mapping[str, int] | None = None,
     ) -> dict[str, tuple[int, int]]:
         """Keep every table's fragments and versions bounded; returns table -> (fragments, versions).
 
         :meth:`compact_fragments`, then versions older than ``keep_versions_for`` are deleted, never
         the latest: a reader pinned to a version (training records the one it read) keeps it for
-        that long. A table with nothing to do gets no commit.
+        that long. ``since`` (table -> the version a build started from) also deletes the versions
+        that build made on the way, between that one and the latest, whatever their age: a build
+        leaves one version, not one per shard. Tagged versions are never deleted (a training run
+        tags the version it pins: :func:`tag_pinned`). A table with nothing to do gets no commit.
         """
         self.compact_fragments(max_fragments)
         counts = {}
         for table in TABLES:
-            self.checkout(None, table).cleanup_old_versions(older_than=keep_versions_for)
+            dataset = self.checkout(None, table)
+            dataset.cleanup_old_versions(older_than=keep_versions_for)
+            if since is not None and table in since:
+                passed = [v["version"] for v in dataset.versions() if since[table] < v["version"] < dataset.version]
+                if passed:
+                    dataset.cleanup_old_versions(versions=passed, error_if_tagged_old_versions=False)
             dataset = self.checkout(None, table)
             counts[table] = (len(dataset.get_fragments()), len(dataset.versions()))
         return counts

@@ -7,22 +7,25 @@ codec and latents version) and the configuration. A restarted run must agree wit
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from pipelines.build.dataset import split_of
-from pipelines.build.store import StoreError, open_table
+from pipelines.build.store import StoreError, open_table, tag_pinned
 from pipelines.files import write_atomic
 from pipelines.train.checkpoints import DatasetPin, RunError
 from pipelines.train.config import TrainConfig
 from pipelines.version import code_version
 
 RUN_RECORD = "run.json"
+log = logging.getLogger(__name__)
 
 
 def pin_dataset(lance_uri: str, version: int | None, config_hash: str | None, config: TrainConfig) -> DatasetPin:
-    """Resolve the samples version (latest when None) and the render configuration to train on.
+    """Resolve the samples version (latest when None) and the render configuration to train on; the
+    version is tagged (``pinned-v<N>``) so that no clean-up deletes it.
 
     ``config_hash`` None takes the only configuration in that version; several are ambiguous (one run
     needs one resolution) and raise ``ambiguous_config``.
@@ -48,6 +51,10 @@ def pin_dataset(lance_uri: str, version: int | None, config_hash: str | None, co
     )
     if pin.n_train == 0:
         raise StoreError("no_training_samples", f"every sample of v{pin.version} fell in the validation split (val_fraction={config.val_fraction})")
+    try:
+        tag_pinned(table)  # a build's clean-up deletes the untagged versions it made on the way
+    except (OSError, ValueError) as exc:  # read-only storage: train anyway, and say what it risks
+        log.warning("samples v%s not tagged (%s): a later build's clean-up may delete it", pin.version, exc)
     return pin
 
 

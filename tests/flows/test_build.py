@@ -100,6 +100,8 @@ def test_first_build_writes_exactly_one_row_per_rendered_clip(dataset, first):
     assert sorted(a["sha256"] for a in assets) == sorted(processed)
     assert report.render.workers_started <= 2 and report.render.n_renders > 0
     assert report.render.shards == 2  # four assets, two per shard
+    # a version per shard on the way, one left at the end (beside the empty table's first)
+    assert report.tables["samples"][1] == report.tables["assets"][1] == 2
 
 
 def test_worker_logs_are_kept_under_the_cache_one_per_worker_process(dataset, first):

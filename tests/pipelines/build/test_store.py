@@ -18,7 +18,7 @@ import pytest
 
 from pipelines.build.colour import decode_part_image
 from pipelines.build.framepack import pack, unpack
-from pipelines.build.store import DatasetStore, StoreError, asset_key, table_uri
+from pipelines.build.store import TABLES, DatasetStore, StoreError, asset_key, table_uri
 from tests.synthetic_samples import part_grid, synthetic_sample
 from schemas.assets import AssetRef, ProbeReport, RejectReason, Rejection
 from schemas.filters import FilterRules
@@ -344,6 +344,28 @@ def test_compaction_and_cleanup_keep_fragments_and_versions_bounded(store: Datas
         store.write_samples(samples(range(i, i + 1)))
     assert store.compact(max_fragments=3, keep_versions_for=timedelta(0))["samples"] == (3, 1)
     assert len(row_ids(store)) == 9
+
+
+def test_a_build_leaves_one_version_keeping_what_it_started_from_and_what_was_pinned(store: DatasetStore) -> None:
+    """``since``: the versions a build made on the way go, whatever their age; the one it started
+    from, the latest and a version a training run pinned (tagged) stay."""
+    from pipelines.build.store import open_table, tag_pinned
+
+    store.write_samples(samples(range(0, 1)))
+    started_from = {table: store.version(table) for table in TABLES}
+    for i in range(1, 6):  # a build's shards: a version each
+        store.write_samples(samples(range(i, i + 1)))
+        if i == 3:
+            pinned = store.version("samples")
+            assert tag_pinned(open_table(store.uri, "samples")) == f"pinned-v{pinned}"
+            assert tag_pinned(open_table(store.uri, "samples", pinned)) == f"pinned-v{pinned}"  # twice: one tag
+    latest = store.version("samples")
+    counts = store.compact(since=started_from)  # kept 7 days by age: only ``since`` removes anything
+    kept = [v["version"] for v in store.checkout(table="samples").versions()]
+    assert [v for v in kept if v > started_from["samples"]] == [pinned, latest]
+    assert counts["samples"][1] == len(kept)
+    assert store.checkout(pinned).count_rows() == 4 and len(row_ids(store)) == 6  # both still readable
+    assert store.version("rejections") == started_from["rejections"]  # nothing made: nothing touched
 
 
 def test_existing_table_with_other_columns_is_refused(tmp_path: Path) -> None:

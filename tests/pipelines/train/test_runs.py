@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.build.dataset import split_of
-from pipelines.build.store import StoreError
+from pipelines.build.store import StoreError, open_table
 from pipelines.train.checkpoints import RunError
 from pipelines.train.runs import locate_run, open_run, pin_dataset
 from schemas.render import RenderSpec
@@ -32,6 +32,8 @@ def test_the_pin_splits_by_asset_and_records_the_version(lance):
     expected = [split_of(asset_sha(i), 0.25, 0) for i in range(N_ASSETS)]
     assert (pin.n_train, pin.n_val) == (expected.count("train"), expected.count("val")) == (3, 1)
     assert pin.version >= 1 and pin.config_hash == SYNTHETIC_SPEC.config_hash() and pin.vae_id == "pixel"
+    # tagged, so that a build's clean-up cannot delete the version a run trains on
+    assert open_table(lance, "samples").tags.list()[f"pinned-v{pin.version}"]["version"] == pin.version
 
 
 def test_a_restart_must_match_the_recorded_run(tmp_path, lance):

@@ -376,7 +376,10 @@ def stored_sheet_entries(
 ) -> list[SheetEntry]:
     """The samples ``ids`` (the first ``n``), or when none are given, the first samples of this
     configuration in the table (a refresh that rendered nothing new)."""
-    ids = (ids or sorted(store.existing_sample_ids(config_hash)))[:n]
+    if not ids:  # the first in table order: a scan that stops at n, not the configuration's every id
+        where = f"config_hash = {sql_literal(config_hash)}"
+        ids = store.read("samples", columns=["sample_id"], filter=where, limit=n).column("sample_id").to_pylist()
+    ids = ids[:n]
     if not ids:
         return []
     where = f"sample_id IN ({', '.join(map(sql_literal, ids))})"

@@ -619,12 +619,14 @@ class DatasetStore:
         version: int | None = None,
         columns: Sequence[str] | None = None,
         filter: str | None = None,
+        limit: int | None = None,
     ) -> pa.Table:
-        """Rows of ``table`` at ``version``; blob columns come back as bytes (name only the columns
-        you need on a large table, or read payloads lazily with :meth:`take_blobs`)."""
+        """Rows of ``table`` at ``version`` (the first ``limit``, in table order); blob columns come
+        back as bytes (name only the columns you need on a large table, or read payloads lazily with
+        :meth:`take_blobs`)."""
         dataset = self.checkout(version, table)
         return dataset.to_table(
-            columns=list(columns) if columns is not None else None, filter=filter, blob_handling="all_binary"
+            columns=list(columns) if columns is not None else None, filter=filter, limit=limit, blob_handling="all_binary"
         )
 
     def read_samples(

@@ -167,6 +167,10 @@ def test_an_unchanged_refresh_opens_no_blender(dataset, first):
     assert refresh.render.gcs_address == ""  # Ray was not even asked
     assert refresh.versions == versions  # no empty commits
     assert sample_rows(before) == sample_rows(dataset.store())
+    # its contact sheet shows the table's first samples of this configuration (it rendered none)
+    assert refresh.contact_sheet
+    n_config = sum(r["config_hash"] == refresh.config_hash for r in sample_rows(dataset.store()))
+    assert Image.open(refresh.contact_sheet).height == 12 + 2 * 128 * min(n_config, 8)
     # The prefilter ran again (it must see new files) but wrote nothing: the rejections version above
     # is unchanged. Its Prefect result is counts, not the candidates.
     with get_client(sync_client=True) as client:

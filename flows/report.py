@@ -20,8 +20,8 @@ class RenderSummary(BaseModel):
     assets_written: int = 0
     shards: int = 0
     n_renders: int = 0
-    workers_started: int = 0
-    recycled: int = 0
+    workers_started: int = Field(0, description="render actors started (each with its first Blender)")
+    recycled: int = Field(0, description="Blenders replaced after recycle_after assets (their actors live on)")
     timeouts: int = 0
     crashes: int = 0
     worker_pids: list[int] = Field(default_factory=list, description="the Blender processes that rendered (their log names)")

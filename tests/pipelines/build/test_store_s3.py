@@ -92,6 +92,24 @@ def test_compaction_and_cleanup_on_s3_delete_the_old_files(s3_store: S3Location)
         assert np.array_equal(unpack(blob), unpack(samples(range(3, 4))[0].alpha))
 
 
+def test_a_build_on_s3_leaves_one_version_and_keeps_a_pinned_one(s3_store: S3Location) -> None:
+    """The end-of-build rule on object storage (the flow only logs an upkeep failure, so it is
+    checked here): the versions made on the way go, the start, a tagged one and the latest stay."""
+    from pipelines.build.store import open_table, tag_pinned
+
+    store = DatasetStore(s3_store.uri)
+    started_from = {table: store.version(table) for table in TABLES}
+    for i in range(4):
+        store.write_samples(samples(range(i, i + 1)))
+        if i == 1:
+            pinned = store.version("samples")
+            tag_pinned(open_table(s3_store.uri, "samples", storage_options=store.storage_options))
+    store.compact(since=started_from)
+    kept = [v["version"] for v in store.checkout(table="samples").versions()]
+    assert kept == [started_from["samples"], pinned, store.version("samples")]
+    assert store.checkout(pinned).count_rows() == 2 and len(row_ids(store)) == 4
+
+
 def test_an_old_table_on_s3_gains_the_new_column_when_opened(s3_store: S3Location) -> None:
     new_schema = TABLE_SCHEMAS["rejections"]
     old_schema = new_schema.remove(new_schema.get_field_index("rules_hash"))

@@ -30,7 +30,7 @@ and a build whose rendering is a stand-in.
    and (fragments, versions) after the build's upkeep, the Prefect database's size. ``--recycle-after``
    sets how many assets a worker process serves before a fresh one replaces it (the build's default,
    100, is meant for Blenders that take minutes an asset: with a stand-in of no time a fresh worker
-   process starts every second or so, and its start's CPU is most of what the flow costs over the loop).
+   process starts every second or so; measured at 1M rows, 411.0 s with it against 388.8 s without).
 
 Aims (issue 10): over 10M rows at most 2 min and 1.5 GB, memory flat from 1M to 10M rows; for the
 build, orchestration at most 10% over the loop and under 64 KB of driver traffic per asset.

@@ -17,10 +17,11 @@ take minutes), so a recycle costs no wait; a child that dies while a spare loads
 
 The child dies with its supervisor (``PR_SET_PDEATHSIG``; children are started from one thread of the
 supervisor that lives as long as it, since that signal follows the starting *thread*), so killing an
-actor never leaves a Blender behind, and its temporary files (renders in flight, EXR passes) go to a scratch folder of its own,
-``<tmp>/kp20k-blender/<supervisor pid>.<n>``, removed when the child ends; folders of supervisors that
-were killed are removed by the next supervisor that starts. Messages travel over a socket pair (``multiprocessing.connection``): the first carries the
-supervisor's ``sys.path`` and the pickled worker factory, then one message per asset each way.
+actor never leaves a Blender behind, and its temporary files (renders in flight, EXR passes) go to a
+scratch folder of its own, ``<tmp>/kp20k-blender/<supervisor pid>.<n>``, removed when the child ends;
+folders of supervisors that were killed are removed by the next supervisor that starts. Messages
+travel over a socket pair (``multiprocessing.connection``): the first carries the supervisor's
+``sys.path`` and the pickled worker factory, then one message per asset each way.
 """
 
 from __future__ import annotations
